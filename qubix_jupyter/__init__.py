@@ -1,0 +1,3 @@
+"""QUBIX for Jupyter."""
+
+__version__ = "0.1.0"
