@@ -1,0 +1,639 @@
+"""The double-entry ledger.
+
+Every money-moving operation runs in one database transaction that
+
+1. claims its idempotency key (a concurrent twin waits on that row and then replays the answer),
+2. locks the job row (if any), then the accounts it touches in id order (no deadlock cycles),
+3. writes one ``transactions`` row per movement and updates the cached balances,
+4. stores its receipt under the key.
+
+A retried request with the same key and parameters gets the stored receipt and moves nothing; the
+same key with other parameters is an :class:`IdempotencyConflict`. On PostgreSQL row locks make
+this correct under concurrency; on SQLite every transaction starts with ``BEGIN IMMEDIATE``, so
+writers queue. Transient conflicts (deadlock, serialization failure, a busy SQLite file) are
+retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..market.errors import (
+    AmountTooLarge,
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidState,
+    QubixError,
+    UnknownAccount,
+    UnknownJob,
+)
+from ..market.money import INT64_MAX, require_amount, split_charge
+from ..market.states import (
+    EXTERNAL_ACCOUNT_ID,
+    PLATFORM_ACCOUNT_ID,
+    TERMINAL_JOB_STATES,
+    AccountKind,
+    EntryType,
+    JobStatus,
+    escrow_account_id,
+    wallet_account_id,
+)
+from .models import Account, IdempotencyKey, Job, Provider, Transaction, new_id, utcnow
+
+MAX_KEY_LENGTH = 200
+Within = Callable[[AsyncSession], Awaitable[None]]
+
+
+class InvalidIdempotencyKey(QubixError):
+    code = "invalid_idempotency_key"
+    status = 422
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Receipt:
+    """What a money-moving operation did. Replays of the same key return an equal receipt."""
+
+    operation: str
+    idempotency_key: str
+    amounts: dict[str, int]
+    entry_ids: tuple[str, ...]
+    job_id: str | None = None
+    user_id: str | None = None
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["entry_ids"] = list(self.entry_ids)
+        del data["replayed"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, replayed: bool) -> Receipt:
+        return cls(
+            operation=data["operation"],
+            idempotency_key=data["idempotency_key"],
+            amounts={k: int(v) for k, v in data["amounts"].items()},
+            entry_ids=tuple(data["entry_ids"]),
+            job_id=data.get("job_id"),
+            user_id=data.get("user_id"),
+            replayed=replayed,
+        )
+
+
+def _request_hash(operation: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"operation": operation, **params}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None)
+
+
+def _is_key_collision(exc: IntegrityError) -> bool:
+    """True when the error is our idempotency key being claimed by a concurrent twin."""
+    text = str(exc.orig)
+    if _sqlstate(exc) == "23505":
+        diag = getattr(exc.orig, "diag", None)
+        return getattr(diag, "constraint_name", None) == "pk_idempotency_keys"
+    return "UNIQUE constraint failed: idempotency_keys.key" in text
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    if _sqlstate(exc) in {"40001", "40P01", "55P03"}:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+class _Work:
+    """The movements of one operation, written inside its transaction."""
+
+    def __init__(self, session: AsyncSession, key: str) -> None:
+        self.session = session
+        self.key = key
+        self.entry_ids: list[str] = []
+        self.accounts: dict[str, Account] = {}
+
+    async def lock(self, account_ids: Iterable[str]) -> dict[str, Account]:
+        ids = sorted(set(account_ids))
+        rows = (
+            await self.session.execute(
+                select(Account).where(Account.id.in_(ids)).order_by(Account.id).with_for_update()
+            )
+        ).scalars()
+        self.accounts.update({row.id: row for row in rows})
+        missing = [i for i in ids if i not in self.accounts]
+        if missing:
+            raise UnknownAccount(f"no ledger account {missing[0]!r}", account=missing[0])
+        return self.accounts
+
+    def move(
+        self,
+        debit: str,
+        credit: str,
+        amount: int,
+        entry_type: EntryType,
+        *,
+        user_id: str | None,
+        job_id: str | None = None,
+        qubic_tx_hash: str | None = None,
+    ) -> None:
+        if amount == 0:
+            return
+        source, target = self.accounts[debit], self.accounts[credit]
+        if source.kind != AccountKind.EXTERNAL and source.balance < amount:
+            raise InsufficientFunds(
+                f"account {debit} holds {source.balance} QU, {amount} QU needed",
+                account=debit,
+                balance=source.balance,
+                needed=amount,
+            )
+        if target.balance + amount > INT64_MAX:
+            raise AmountTooLarge(
+                f"account {credit} would exceed the largest storable balance",
+                account=credit,
+                max=INT64_MAX,
+            )
+        source.balance -= amount
+        target.balance += amount
+        entry = Transaction(
+            id=new_id(),
+            user_id=user_id,
+            job_id=job_id,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            type=entry_type,
+            amount=amount,
+            qubic_tx_hash=qubic_tx_hash,
+            idempotency_key=self.key,
+            completed_at=utcnow(),
+        )
+        self.session.add(entry)
+        self.entry_ids.append(entry.id)
+
+    async def lock_job(self, job_id: str) -> Job:
+        job = (
+            await self.session.execute(select(Job).where(Job.id == job_id).with_for_update())
+        ).scalar_one_or_none()
+        if job is None:
+            raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
+        return job
+
+
+class Ledger:
+    """Deposits, withdrawals, escrow and settlement of jobs, each idempotent by key."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        platform_fee_bps: int = 0,
+        max_attempts: int = 20,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.platform_fee_bps = platform_fee_bps
+        self._max_attempts = max_attempts
+
+    # ------------------------------------------------------------------ engine room
+
+    async def _execute(
+        self,
+        operation: str,
+        key: str,
+        params: dict[str, Any],
+        work: Callable[[_Work], Awaitable[Receipt]],
+    ) -> Receipt:
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise InvalidIdempotencyKey(
+                f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters", field="key"
+            )
+        request_hash = _request_hash(operation, params)
+        for attempt in range(self._max_attempts):
+            try:
+                async with self._sessionmaker() as session, session.begin():
+                    prior = await session.get(IdempotencyKey, key)
+                    if prior is not None:
+                        return self._replay(prior, operation, request_hash)
+                    claim = IdempotencyKey(key=key, operation=operation, request_hash=request_hash)
+                    session.add(claim)
+                    await session.flush()  # a concurrent twin now waits on this row
+                    receipt = await work(_Work(session, key))
+                    claim.response = receipt.to_json()
+                return receipt
+            except IntegrityError as exc:
+                if not _is_key_collision(exc):
+                    raise
+                # The twin committed first: the next attempt replays its receipt.
+            except DBAPIError as exc:
+                if not _is_transient(exc) or attempt == self._max_attempts - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
+        raise RuntimeError(f"{operation} {key!r} did not settle after {self._max_attempts} tries")
+
+    @staticmethod
+    def _replay(prior: IdempotencyKey, operation: str, request_hash: str) -> Receipt:
+        if prior.operation != operation or prior.request_hash != request_hash:
+            raise IdempotencyConflict(
+                f"idempotency key {prior.key!r} was already used for a different request",
+                key=prior.key,
+                operation=prior.operation,
+            )
+        return Receipt.from_json(prior.response, replayed=True)
+
+    # ------------------------------------------------------------------ wallets
+
+    async def deposit(
+        self, user_id: str, amount: int, *, idempotency_key: str, qubic_tx_hash: str | None = None
+    ) -> Receipt:
+        """Credit QU that arrived from outside (the chain) to a user's wallet."""
+        require_amount(amount)
+        wallet = wallet_account_id(user_id)
+
+        async def work(w: _Work) -> Receipt:
+            await w.lock([wallet, EXTERNAL_ACCOUNT_ID])
+            w.move(
+                EXTERNAL_ACCOUNT_ID,
+                wallet,
+                amount,
+                EntryType.DEPOSIT,
+                user_id=user_id,
+                qubic_tx_hash=qubic_tx_hash,
+            )
+            return Receipt(
+                "deposit",
+                w.key,
+                {"amount": amount, "balance": w.accounts[wallet].balance},
+                tuple(w.entry_ids),
+                user_id=user_id,
+            )
+
+        params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
+        return await self._execute("deposit", idempotency_key, params, work)
+
+    async def withdraw(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        qubic_tx_hash: str | None = None,
+        within: Within | None = None,
+    ) -> Receipt:
+        """Debit a user's wallet for QU leaving to the chain.
+
+        ``within`` runs inside the same transaction, so a payout outbox row commits or rolls back
+        together with the debit: money never leaves the ledger without a payout to send it.
+        """
+        require_amount(amount)
+        wallet = wallet_account_id(user_id)
+
+        async def work(w: _Work) -> Receipt:
+            await w.lock([wallet, EXTERNAL_ACCOUNT_ID])
+            w.move(
+                wallet,
+                EXTERNAL_ACCOUNT_ID,
+                amount,
+                EntryType.WITHDRAWAL,
+                user_id=user_id,
+                qubic_tx_hash=qubic_tx_hash,
+            )
+            if within is not None:
+                await within(w.session)
+            return Receipt(
+                "withdraw",
+                w.key,
+                {"amount": amount, "balance": w.accounts[wallet].balance},
+                tuple(w.entry_ids),
+                user_id=user_id,
+            )
+
+        params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
+        return await self._execute("withdraw", idempotency_key, params, work)
+
+    # ------------------------------------------------------------------ escrow
+
+    @staticmethod
+    def _require_open(job: Job) -> None:
+        if job.status in TERMINAL_JOB_STATES:
+            raise InvalidState(
+                f"job {job.id} is {job.status.value}; its escrow is settled",
+                job_id=job.id,
+                status=job.status.value,
+            )
+
+    async def lock_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
+        """Move ``amount`` from the consumer's wallet into the job's escrow (may top it up)."""
+        require_amount(amount)
+        escrow = escrow_account_id(job_id)
+
+        async def work(w: _Work) -> Receipt:
+            job = await w.lock_job(job_id)
+            self._require_open(job)
+            if await w.session.get(Account, escrow) is None:
+                w.session.add(Account(id=escrow, kind=AccountKind.ESCROW, job_id=job_id))
+                await w.session.flush()
+            wallet = wallet_account_id(job.user_id)
+            await w.lock([wallet, escrow])
+            w.move(
+                wallet, escrow, amount, EntryType.ESCROW_LOCK, user_id=job.user_id, job_id=job_id
+            )
+            return Receipt(
+                "lock_escrow",
+                w.key,
+                {"amount": amount, "escrow": w.accounts[escrow].balance},
+                tuple(w.entry_ids),
+                job_id=job_id,
+                user_id=job.user_id,
+            )
+
+        params = {"job_id": job_id, "amount": amount}
+        return await self._execute("lock_escrow", idempotency_key, params, work)
+
+    async def release_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
+        """Give part of an open job's escrow back (e.g. the excess once a cheaper offer is
+        assigned than the max price that was locked)."""
+        require_amount(amount)
+        escrow = escrow_account_id(job_id)
+
+        async def work(w: _Work) -> Receipt:
+            job = await w.lock_job(job_id)
+            self._require_open(job)
+            wallet = wallet_account_id(job.user_id)
+            await w.lock([wallet, escrow])
+            w.move(
+                escrow, wallet, amount, EntryType.ESCROW_RELEASE, user_id=job.user_id, job_id=job_id
+            )
+            return Receipt(
+                "release_escrow",
+                w.key,
+                {"amount": amount, "escrow": w.accounts[escrow].balance},
+                tuple(w.entry_ids),
+                job_id=job_id,
+                user_id=job.user_id,
+            )
+
+        params = {"job_id": job_id, "amount": amount}
+        return await self._execute("release_escrow", idempotency_key, params, work)
+
+    async def charge(
+        self,
+        job_id: str,
+        *,
+        seconds: int,
+        idempotency_key: str,
+        final_status: JobStatus = JobStatus.COMPLETED,
+        error: str | None = None,
+    ) -> Receipt:
+        """Settle a job: ``ceil(price × seconds / 3600)`` (never above the escrow) goes to the
+        provider less the platform fee, the rest of the escrow back to the consumer, and the job
+        becomes ``final_status`` in the same transaction."""
+        require_amount(seconds, name="seconds", allow_zero=True)
+        if final_status not in TERMINAL_JOB_STATES:
+            raise InvalidState(f"a charge ends a job; {final_status.value} is not an end state")
+        escrow = escrow_account_id(job_id)
+        fee_bps = self.platform_fee_bps
+
+        async def work(w: _Work) -> Receipt:
+            job = await w.lock_job(job_id)
+            self._require_open(job)
+            if job.provider_id is None or job.price_per_hour is None:
+                raise InvalidState(
+                    f"job {job_id} has no provider and price yet; refund it instead",
+                    job_id=job_id,
+                )
+            provider = await w.session.get(Provider, job.provider_id)
+            assert provider is not None  # foreign key
+            consumer_wallet = wallet_account_id(job.user_id)
+            provider_wallet = wallet_account_id(provider.user_id)
+            accounts = [consumer_wallet, provider_wallet, PLATFORM_ACCOUNT_ID]
+            if await w.session.get(Account, escrow) is not None:
+                accounts.append(escrow)
+            await w.lock(accounts)
+            held = w.accounts[escrow].balance if escrow in w.accounts else 0
+            split = split_charge(
+                escrow=held,
+                price_per_hour=job.price_per_hour,
+                seconds=seconds,
+                platform_fee_bps=fee_bps,
+            )
+            common = {"job_id": job_id}
+            if held:
+                w.move(escrow, provider_wallet, split.provider, EntryType.EARNING,
+                       user_id=provider.user_id, **common)  # fmt: skip
+                w.move(escrow, PLATFORM_ACCOUNT_ID, split.fee, EntryType.FEE,
+                       user_id=None, **common)  # fmt: skip
+                w.move(escrow, consumer_wallet, split.refund, EntryType.ESCROW_RELEASE,
+                       user_id=job.user_id, **common)  # fmt: skip
+            await self._finish(w.session, job, final_status, split.cost, error)
+            if split.provider:
+                await w.session.execute(
+                    update(Provider)
+                    .where(Provider.id == provider.id)
+                    .values(total_earnings=Provider.total_earnings + split.provider)
+                )
+            return Receipt(
+                "charge",
+                w.key,
+                dataclasses.asdict(split),
+                tuple(w.entry_ids),
+                job_id=job_id,
+                user_id=job.user_id,
+            )
+
+        params = {
+            "job_id": job_id,
+            "seconds": seconds,
+            "final_status": final_status.value,
+            "error": error,
+        }
+        return await self._execute("charge", idempotency_key, params, work)
+
+    async def refund(
+        self,
+        job_id: str,
+        *,
+        idempotency_key: str,
+        final_status: JobStatus = JobStatus.FAILED,
+        error: str | None = None,
+    ) -> Receipt:
+        """Return a job's whole escrow to the consumer and end the job as ``final_status``."""
+        if final_status not in TERMINAL_JOB_STATES:
+            raise InvalidState(f"a refund ends a job; {final_status.value} is not an end state")
+        escrow = escrow_account_id(job_id)
+
+        async def work(w: _Work) -> Receipt:
+            job = await w.lock_job(job_id)
+            self._require_open(job)
+            wallet = wallet_account_id(job.user_id)
+            accounts = [wallet]
+            if await w.session.get(Account, escrow) is not None:
+                accounts.append(escrow)
+            await w.lock(accounts)
+            held = w.accounts[escrow].balance if escrow in w.accounts else 0
+            w.move(escrow, wallet, held, EntryType.REFUND, user_id=job.user_id, job_id=job_id)
+            await self._finish(w.session, job, final_status, 0, error)
+            return Receipt(
+                "refund",
+                w.key,
+                {"refund": held},
+                tuple(w.entry_ids),
+                job_id=job_id,
+                user_id=job.user_id,
+            )
+
+        params = {"job_id": job_id, "final_status": final_status.value, "error": error}
+        return await self._execute("refund", idempotency_key, params, work)
+
+    @staticmethod
+    async def _finish(
+        session: AsyncSession, job: Job, status: JobStatus, cost: int, error: str | None
+    ) -> None:
+        job.status = status
+        job.actual_cost = cost
+        job.completed_at = utcnow()
+        if error is not None:
+            job.error = error
+        if job.provider_id is not None:
+            await session.execute(
+                update(Provider)
+                .where(Provider.id == job.provider_id)
+                .values(total_jobs=Provider.total_jobs + 1)
+            )
+
+    # ------------------------------------------------------------------ reads
+
+    async def balance(self, account_id: str) -> int:
+        async with self._sessionmaker() as session:
+            account = await session.get(Account, account_id)
+            if account is None:
+                raise UnknownAccount(f"no ledger account {account_id!r}", account=account_id)
+            return account.balance
+
+    async def wallet_balance(self, user_id: str) -> int:
+        return await self.balance(wallet_account_id(user_id))
+
+    async def escrow_balance(self, job_id: str) -> int:
+        async with self._sessionmaker() as session:
+            account = await session.get(Account, escrow_account_id(job_id))
+            return 0 if account is None else account.balance
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditReport:
+    """The five ledger invariants of DESIGN.md §4, recomputed from the entries."""
+
+    accounts: int
+    entries: int
+    internal_total: int
+    deposits: int
+    withdrawals: int
+    violations: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+
+async def audit(session: AsyncSession) -> AuditReport:
+    """Recompute every invariant from the raw entries; an empty ``violations`` means all hold."""
+    violations: list[str] = []
+    credits = dict(
+        (
+            await session.execute(
+                select(Transaction.credit_account_id, func.sum(Transaction.amount)).group_by(
+                    Transaction.credit_account_id
+                )
+            )
+        ).all()
+    )
+    debits = dict(
+        (
+            await session.execute(
+                select(Transaction.debit_account_id, func.sum(Transaction.amount)).group_by(
+                    Transaction.debit_account_id
+                )
+            )
+        ).all()
+    )
+    accounts = (await session.execute(select(Account))).scalars().all()
+    internal_total = 0
+    for account in accounts:
+        derived = int(credits.get(account.id) or 0) - int(debits.get(account.id) or 0)
+        if account.balance != derived:  # 1. balance == Σ credits − Σ debits
+            violations.append(f"{account.id}: cached {account.balance} != entries {derived}")
+        if account.kind != AccountKind.EXTERNAL:
+            internal_total += account.balance
+            if account.balance < 0:  # 3. no internal account negative
+                violations.append(f"{account.id}: negative balance {account.balance}")
+
+    by_type = dict(
+        (
+            await session.execute(
+                select(Transaction.type, func.sum(Transaction.amount)).group_by(Transaction.type)
+            )
+        ).all()
+    )
+    deposits = int(by_type.get(EntryType.DEPOSIT) or 0)
+    withdrawals = int(by_type.get(EntryType.WITHDRAWAL) or 0)
+    if internal_total != deposits - withdrawals:  # 2. money never created or lost
+        violations.append(
+            f"internal total {internal_total} != deposits {deposits} - withdrawals {withdrawals}"
+        )
+
+    open_escrows = (
+        await session.execute(
+            select(Account.id, Account.balance, Job.status)
+            .join(Job, Job.id == Account.job_id)
+            .where(Account.kind == AccountKind.ESCROW, Job.status.in_(TERMINAL_JOB_STATES))
+            .where(Account.balance != 0)
+        )
+    ).all()
+    for account_id, held, status in open_escrows:  # 4. terminal jobs hold no escrow
+        violations.append(f"{account_id}: job is {status} but escrow holds {held}")
+
+    per_key = dict(
+        (
+            await session.execute(
+                select(Transaction.idempotency_key, func.count()).group_by(
+                    Transaction.idempotency_key
+                )
+            )
+        ).all()
+    )
+    keys = (await session.execute(select(IdempotencyKey))).scalars().all()
+    for key in keys:  # 5. a request moved money exactly as its one receipt says
+        recorded = len(key.response["entry_ids"]) if key.response else 0
+        if per_key.get(key.key, 0) != recorded:
+            violations.append(
+                f"key {key.key}: {per_key.get(key.key, 0)} entries, receipt names {recorded}"
+            )
+    entries = sum(per_key.values())
+    return AuditReport(
+        accounts=len(accounts),
+        entries=entries,
+        internal_total=internal_total,
+        deposits=deposits,
+        withdrawals=withdrawals,
+        violations=tuple(violations),
+    )
+
+
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "AuditReport",
+    "InvalidAmount",
+    "InvalidIdempotencyKey",
+    "Ledger",
+    "Receipt",
+    "audit",
+]

@@ -1,0 +1,1 @@
+"""Pure market domain: money rules, job states, typed errors. No I/O, no other layer imported."""
