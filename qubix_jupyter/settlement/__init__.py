@@ -1,7 +1,8 @@
-"""Qubic settlement: offline cryptography (K12, identities, FourQ, SchnorrQ, transactions, wallet).
+"""Qubic settlement.
 
-Everything here runs without the network. See docs/qubic-crypto.md for the sources, the test
-vectors and the constant-time caveat that applies to signing.
+The offline cryptography — K12, identities, FourQ, SchnorrQ, keys, transactions, the local
+wallet — needs no network; its everyday names are re-exported here. See docs/qubic-crypto.md
+for the sources, the test vectors and the constant-time caveat that applies to signing.
 """
 
 from .identity import (
@@ -13,11 +14,15 @@ from .identity import (
 from .k12 import k12
 from .keys import InvalidSeed, KeyPair
 from .schnorrq import sign, verify
+from .transaction import MAX_AMOUNT, InvalidTransaction, Transaction
 
 __all__ = [
+    "MAX_AMOUNT",
     "InvalidIdentity",
     "InvalidSeed",
+    "InvalidTransaction",
     "KeyPair",
+    "Transaction",
     "identity_from_public_key",
     "is_valid_identity",
     "k12",

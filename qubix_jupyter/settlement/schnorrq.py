@@ -14,9 +14,10 @@ the whole 512-bit value gives different signatures).
 Verification accepts iff encode([s]G + [h]A) == R, after rejecting: a public key or R with
 the top bit of byte 15 set (non-canonical y0), s ≥ N, a public key that does not decode or
 whose point is not of prime order N (identity, small-order and mixed-order points), and an R
-that does not decode. This is at least as strict as the network's verifier: every signature
-accepted here is accepted by Qubic nodes. (Nodes only demand s < 2^252 and do not check the
-subgroup; honest signatures always satisfy the stricter rules, so nothing real is refused.)
+that does not decode. These rules are meant to be at least as strict as the network's: nodes
+refuse s with its top nibble set (s ≥ 2^252) rather than s ≥ N, and rely on their
+endomorphism-based multiplication instead of an explicit subgroup check. Honest signatures
+(s < N, keys derived from seeds) satisfy the stricter rules, so nothing real is refused.
 
 Error policy: arguments of the wrong *type* raise ``TypeError`` and of the wrong *length* raise
 ``ValueError`` — both are programming errors at the call site. Anything wrong with the *content*
