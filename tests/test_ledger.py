@@ -79,7 +79,7 @@ async def test_charge_pays_provider_fee_and_refunds_the_rest(database: Database)
 
 
 async def test_charge_rounds_up_and_never_exceeds_the_escrow(database: Database):
-    consumer, owner, _, job = await _market(database, price=7)
+    _consumer, owner, _, job = await _market(database, price=7)
     await database.ledger.lock_escrow(job.id, 5, idempotency_key="lock")
     # 1 s at 7 QU/h is 7/3600 QU: rounds up to 1.
     # 10 h would be 70 QU, capped at the 5 QU locked.
@@ -105,7 +105,7 @@ async def test_refund_returns_everything_and_ends_the_job(database: Database):
 
 
 async def test_release_escrow_gives_part_back(database: Database):
-    consumer, _, _, job = await _market(database)
+    _consumer, _, _, job = await _market(database)
     await database.ledger.lock_escrow(job.id, 1000, idempotency_key="lock")
     await database.ledger.release_escrow(job.id, 400, idempotency_key="release")
     assert await database.ledger.escrow_balance(job.id) == 600
@@ -115,10 +115,11 @@ async def test_release_escrow_gives_part_back(database: Database):
 
 
 async def test_same_key_same_request_moves_money_once(database: Database):
-    consumer, _, _, job = await _market(database)
+    _consumer, _, _, job = await _market(database)
     first = await database.ledger.lock_escrow(job.id, 700, idempotency_key="lock")
     again = await database.ledger.lock_escrow(job.id, 700, idempotency_key="lock")
-    assert again.replayed and not first.replayed
+    assert again.replayed
+    assert not first.replayed
     assert again.entry_ids == first.entry_ids
     assert again.amounts == first.amounts
     assert await database.ledger.escrow_balance(job.id) == 700

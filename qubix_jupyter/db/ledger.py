@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import random
@@ -339,9 +340,6 @@ class Ledger:
         async def work(w: _Work) -> Receipt:
             job = await w.lock_job(job_id)
             self._require_open(job)
-            if await w.session.get(Account, escrow) is None:
-                w.session.add(Account(id=escrow, kind=AccountKind.ESCROW, job_id=job_id))
-                await w.session.flush()
             wallet = wallet_account_id(job.user_id)
             await w.lock([wallet, escrow])
             w.move(
@@ -415,25 +413,18 @@ class Ledger:
             assert provider is not None  # foreign key
             consumer_wallet = wallet_account_id(job.user_id)
             provider_wallet = wallet_account_id(provider.user_id)
-            accounts = [consumer_wallet, provider_wallet, PLATFORM_ACCOUNT_ID]
-            if await w.session.get(Account, escrow) is not None:
-                accounts.append(escrow)
-            await w.lock(accounts)
-            held = w.accounts[escrow].balance if escrow in w.accounts else 0
+            await w.lock([consumer_wallet, provider_wallet, PLATFORM_ACCOUNT_ID, escrow])
+            held = w.accounts[escrow].balance
             split = split_charge(
                 escrow=held,
                 price_per_hour=job.price_per_hour,
                 seconds=seconds,
                 platform_fee_bps=fee_bps,
             )
-            common = {"job_id": job_id}
-            if held:
-                w.move(escrow, provider_wallet, split.provider, EntryType.EARNING,
-                       user_id=provider.user_id, **common)  # fmt: skip
-                w.move(escrow, PLATFORM_ACCOUNT_ID, split.fee, EntryType.FEE,
-                       user_id=None, **common)  # fmt: skip
-                w.move(escrow, consumer_wallet, split.refund, EntryType.ESCROW_RELEASE,
-                       user_id=job.user_id, **common)  # fmt: skip
+            pay = functools.partial(w.move, escrow, job_id=job_id)
+            pay(provider_wallet, split.provider, EntryType.EARNING, user_id=provider.user_id)
+            pay(PLATFORM_ACCOUNT_ID, split.fee, EntryType.FEE, user_id=None)
+            pay(consumer_wallet, split.refund, EntryType.ESCROW_RELEASE, user_id=job.user_id)
             await self._finish(w.session, job, final_status, split.cost, error)
             if split.provider:
                 await w.session.execute(
@@ -475,11 +466,8 @@ class Ledger:
             job = await w.lock_job(job_id)
             self._require_open(job)
             wallet = wallet_account_id(job.user_id)
-            accounts = [wallet]
-            if await w.session.get(Account, escrow) is not None:
-                accounts.append(escrow)
-            await w.lock(accounts)
-            held = w.accounts[escrow].balance if escrow in w.accounts else 0
+            await w.lock([wallet, escrow])
+            held = w.accounts[escrow].balance
             w.move(escrow, wallet, held, EntryType.REFUND, user_id=job.user_id, job_id=job_id)
             await self._finish(w.session, job, final_status, 0, error)
             return Receipt(

@@ -11,7 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import InvalidAmount, UnknownJob, UnknownUser
 from ..market.money import escrow_for, require_amount
-from ..market.states import AccountKind, JobStatus, ProviderType, Role, check_transition
+from ..market.states import (
+    AccountKind,
+    JobStatus,
+    ProviderType,
+    Role,
+    check_transition,
+    escrow_account_id,
+)
 from ..market.states import wallet_account_id as _wallet
 from .models import Account, Job, Provider, User, utcnow
 
@@ -99,6 +106,10 @@ async def create_job(
         estimated_cost=escrow_for(max_price, compute_seconds),
     )
     session.add(job)
+    await session.flush()
+    # Every job has its escrow account from birth, so settling a job never depends on whether
+    # anything was locked yet.
+    session.add(Account(id=escrow_account_id(job.id), kind=AccountKind.ESCROW, job_id=job.id))
     await session.flush()
     return job
 
