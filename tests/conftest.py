@@ -80,7 +80,5 @@ class Database:
 async def database(database_url: DatabaseURL) -> AsyncIterator[Database]:
     engine = make_engine(database_url.url)
     sessionmaker = make_sessionmaker(engine)
-    yield Database(
-        database_url.kind, database_url.url, engine, sessionmaker, Ledger(sessionmaker)
-    )
+    yield Database(database_url.kind, database_url.url, engine, sessionmaker, Ledger(sessionmaker))
     await engine.dispose()
