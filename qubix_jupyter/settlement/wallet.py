@@ -25,6 +25,7 @@ from .keys import SEED_LENGTH, InvalidSeed, KeyPair, validate_seed
 from .schnorrq import SIGNATURE_LENGTH, verify
 
 SEED_FILE_MODE = 0o600
+_MAX_SEED_FILE_BYTES = 1024  # a seed, a newline and some stray whitespace; anything bigger is wrong
 
 
 class InsecureSeedFile(PermissionError):
@@ -72,7 +73,9 @@ def read_seed_file(path: str | os.PathLike[str]) -> str:
                 f"seed file {os.fspath(path)!r} is accessible by other users "
                 f"(mode {stat.S_IMODE(mode):04o}); restrict it with: chmod 600 {os.fspath(path)}"
             )
-        data = handle.read(4 * SEED_LENGTH)
+        data = handle.read(_MAX_SEED_FILE_BYTES + 1)
+    if len(data) > _MAX_SEED_FILE_BYTES:
+        raise InvalidSeed(f"{os.fspath(path)!r} is too large to be a seed file")
     try:
         text = data.decode("ascii").strip()
     except UnicodeDecodeError as exc:

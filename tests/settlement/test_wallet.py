@@ -109,7 +109,13 @@ def test_owner_only_modes_are_accepted(tmp_path: Path, mode: int) -> None:
 @posix_only
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(b"short\n", "55 letters"), (SEED.upper().encode(), "lowercase"), (b"\xff" * 55, "ASCII")],
+    [
+        (b"short\n", "55 letters"),
+        (SEED.upper().encode(), "lowercase"),
+        (b"\xff" * 55, "ASCII"),
+        ((SEED + "\n" + " " * 300 + "junk").encode(), "55 letters"),
+        ((SEED + "\n").encode() + b" " * 2000, "too large"),
+    ],
 )
 def test_seed_file_with_bad_content_is_refused(tmp_path: Path, content: bytes, match: str) -> None:
     path = tmp_path / "seed"
