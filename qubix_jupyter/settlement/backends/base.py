@@ -1,0 +1,319 @@
+"""The settlement interface: how QU enters the ledger from the chain and leaves it again.
+
+A backend owns two flows, both in integer QU:
+
+* **deposits**: each user gets a deposit identity; :meth:`SettlementBackend.scan_deposits` finds
+  transfers that arrived there and credits the user's wallet exactly once per chain transaction;
+* **payouts**: :meth:`SettlementBackend.request_payout` debits the wallet and records the payout in
+  one database transaction; :meth:`SettlementBackend.process_payouts` moves queued payouts onto
+  the chain and confirms them; :meth:`SettlementBackend.payout_status` tells the user where it is.
+
+Payout states (one table, :data:`PAYOUT_TRANSITIONS`)::
+
+    queued ──sign──▶ signed ──broadcast ok──▶ broadcast ──archive shows moneyFlew──▶ confirmed
+      ▲                │                         │
+      └── not included by its target tick / included without moving money ──┘
+    (any non-terminal) ──too many misses──▶ failed (the debit is refunded)
+
+``delayed`` is a flag beside the state: the chain could not be reached on the last try, the
+payout waits in the queue and the user sees "payment delayed".
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import enum
+import logging
+from typing import Any, Protocol
+
+from ...market.errors import AmountTooLarge, QubixError
+from ...market.money import require_amount
+from ..identity import is_valid_identity
+from ..transaction import MAX_AMOUNT
+
+log = logging.getLogger(__name__)
+
+#: The largest amount one Qubic transaction may carry (10^15 QU).
+MAX_TRANSFER_AMOUNT = MAX_AMOUNT
+
+
+class PayoutState(enum.StrEnum):
+    QUEUED = "queued"  # debited, waiting for its turn on the source identity
+    SIGNED = "signed"  # a signed transaction is stored; broadcast not yet acknowledged
+    BROADCAST = "broadcast"  # peers accepted it; waiting for its target tick to be archived
+    CONFIRMED = "confirmed"  # the archive shows it with moneyFlew: paid
+    FAILED = "failed"  # given up after max misses; the wallet debit was refunded
+
+    @property
+    def terminal(self) -> bool:
+        return self in (PayoutState.CONFIRMED, PayoutState.FAILED)
+
+    @property
+    def in_flight(self) -> bool:
+        """A transaction of this payout may still be included: nothing else may be signed."""
+        return self in (PayoutState.SIGNED, PayoutState.BROADCAST)
+
+
+#: from → allowed next states.
+PAYOUT_TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
+    PayoutState.QUEUED: frozenset({PayoutState.SIGNED, PayoutState.FAILED}),
+    PayoutState.SIGNED: frozenset(
+        {PayoutState.BROADCAST, PayoutState.QUEUED, PayoutState.CONFIRMED, PayoutState.FAILED}
+    ),
+    PayoutState.BROADCAST: frozenset(
+        {PayoutState.CONFIRMED, PayoutState.QUEUED, PayoutState.FAILED}
+    ),
+    PayoutState.CONFIRMED: frozenset(),
+    PayoutState.FAILED: frozenset(),
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def check_payout_transition(current: PayoutState, target: PayoutState) -> None:
+    if target not in PAYOUT_TRANSITIONS[current]:
+        raise RuntimeError(f"a {current.value} payout cannot become {target.value}")
+
+
+class SettlementError(QubixError):
+    code = "settlement_error"
+    status = 400
+
+
+class InvalidDestination(SettlementError):
+    code = "invalid_destination"
+    status = 422
+
+
+class UnknownPayout(SettlementError):
+    code = "unknown_payout"
+    status = 404
+
+
+class SettlementNotConfigured(SettlementError):
+    """The backend lacks configuration it needs (an RPC URL, a wallet seed, …)."""
+
+    code = "settlement_not_configured"
+    status = 503
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PayoutStatus:
+    """What a user (and the operator) may know about one payout."""
+
+    payout_key: str
+    user_id: str
+    destination: str
+    amount: int
+    state: PayoutState
+    attempts: int  # transactions signed for it so far
+    delayed: bool
+    tx_id: str | None = None  # the current (or confirming) transaction
+    target_tick: int | None = None
+    confirmed_tick: int | None = None
+    last_error: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+    @property
+    def display(self) -> str:
+        """The word the UI shows."""
+        if self.state is PayoutState.CONFIRMED:
+            return "paid"
+        if self.state is PayoutState.FAILED:
+            return "failed (refunded)"
+        if self.delayed:
+            return "payment delayed"
+        return "sending" if self.state.in_flight else "queued"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "payoutKey": self.payout_key,
+            "userId": self.user_id,
+            "destination": self.destination,
+            "amount": self.amount,
+            "state": self.state.value,
+            "status": self.display,
+            "attempts": self.attempts,
+            "delayed": self.delayed,
+            "txId": self.tx_id,
+            "targetTick": self.target_tick,
+            "confirmedTick": self.confirmed_tick,
+            "lastError": self.last_error,
+            "createdAt": self.created_at.isoformat() if self.created_at else None,
+            "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DepositCredit:
+    """One chain transfer credited (or replayed) to a user's wallet."""
+
+    user_id: str
+    tx_id: str
+    amount: int
+    tick: int
+    replayed: bool  # the ledger had already credited this transaction
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainStatus:
+    reachable: bool
+    tick: int | None = None
+    epoch: int | None = None
+    last_processed_tick: int | None = None
+    error: str | None = None
+
+
+class LedgerPort(Protocol):
+    """What a backend needs of :class:`qubix_jupyter.db.ledger.Ledger`."""
+
+    async def deposit(
+        self, user_id: str, amount: int, *, idempotency_key: str, qubic_tx_hash: str | None = None
+    ) -> Any: ...
+
+    async def withdraw(
+        self,
+        user_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        qubic_tx_hash: str | None = None,
+        within: Any = None,
+    ) -> Any: ...
+
+    async def wallet_balance(self, user_id: str) -> int: ...
+
+
+def deposit_idempotency_key(tx_id: str) -> str:
+    return f"qubic-deposit:{tx_id}"
+
+
+def payout_idempotency_key(payout_key: str) -> str:
+    return f"qubic-payout:{payout_key}"
+
+
+def refund_idempotency_key(payout_key: str) -> str:
+    return f"qubic-payout-refund:{payout_key}"
+
+
+def validate_payout(payout_key: str, destination: str, amount: int) -> None:
+    if not isinstance(payout_key, str) or not 0 < len(payout_key) <= 150:
+        raise SettlementError("a payout key is 1 to 150 characters", field="payout_key")
+    require_amount(amount)
+    if amount > MAX_TRANSFER_AMOUNT:
+        raise AmountTooLarge(
+            f"one Qubic transfer carries at most {MAX_TRANSFER_AMOUNT} QU",
+            field="amount",
+            max=MAX_TRANSFER_AMOUNT,
+        )
+    if not is_valid_identity(destination):
+        raise InvalidDestination(
+            "the destination is not a valid Qubic identity (60 letters A-Z with checksum)",
+            field="destination",
+        )
+
+
+class SettlementBackend(abc.ABC):
+    """The interface the market uses; :func:`~qubix_jupyter.settlement.backends.make_backend`
+    builds one by name."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def deposit_identity_for(self, user_id: str) -> str:
+        """The identity this user sends QU to (created on first use, stable afterwards)."""
+
+    @abc.abstractmethod
+    async def scan_deposits(self) -> list[DepositCredit]:
+        """Credit every new, money-moving transfer to a deposit identity; each chain transaction
+        at most once however often it is seen."""
+
+    @abc.abstractmethod
+    async def request_payout(
+        self, payout_key: str, user_id: str, destination_identity: str, amount: int
+    ) -> PayoutStatus:
+        """Debit ``amount`` from the user's wallet and queue a transfer to
+        ``destination_identity``. Idempotent by ``payout_key``: a retry with the same arguments
+        returns the existing payout; other arguments raise ``IdempotencyConflict``."""
+
+    @abc.abstractmethod
+    async def process_payouts(self) -> list[PayoutStatus]:
+        """Advance queued and in-flight payouts one step; return those that changed."""
+
+    @abc.abstractmethod
+    async def payout_status(self, payout_key: str) -> PayoutStatus:
+        """The payout's current status; :class:`UnknownPayout` if there is none."""
+
+    @abc.abstractmethod
+    async def payouts_for_user(self, user_id: str) -> list[PayoutStatus]:
+        """The user's payouts, newest first."""
+
+    @abc.abstractmethod
+    async def chain_status(self) -> ChainStatus:
+        """Whether the chain answers, and its tick (for health checks)."""
+
+    async def aclose(self) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ background loop
+
+    _runner: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> None:
+        """One round of deposit scanning and payout processing. Chain outages are expected and
+        logged; the next round retries."""
+        for step in (self.scan_deposits, self.process_payouts):
+            try:
+                await step()
+            except QubixError as exc:
+                log.warning("settlement %s: %s", step.__name__, exc)
+            except Exception:
+                log.exception("settlement %s failed", step.__name__)
+
+    def start(self, interval_s: float) -> None:
+        """Run :meth:`run_once` every ``interval_s`` seconds on the current event loop."""
+        if self._runner is not None and not self._runner.done():
+            return
+
+        async def loop() -> None:
+            while True:
+                await self.run_once()
+                await asyncio.sleep(interval_s)
+
+        self._runner = asyncio.get_running_loop().create_task(loop(), name=f"settle-{self.name}")
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+
+__all__ = [
+    "MAX_TRANSFER_AMOUNT",
+    "PAYOUT_TRANSITIONS",
+    "ChainStatus",
+    "DepositCredit",
+    "InvalidDestination",
+    "LedgerPort",
+    "PayoutState",
+    "PayoutStatus",
+    "SettlementBackend",
+    "SettlementError",
+    "SettlementNotConfigured",
+    "UnknownPayout",
+    "check_payout_transition",
+    "deposit_idempotency_key",
+    "payout_idempotency_key",
+    "refund_idempotency_key",
+    "utcnow",
+    "validate_payout",
+]
