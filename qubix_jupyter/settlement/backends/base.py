@@ -153,13 +153,12 @@ class PayoutStatus:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DepositCredit:
-    """One chain transfer credited (or replayed) to a user's wallet."""
+    """One chain transfer newly credited to a user's wallet."""
 
     user_id: str
     tx_id: str
     amount: int
     tick: int
-    replayed: bool  # the ledger had already credited this transaction
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

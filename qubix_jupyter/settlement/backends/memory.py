@@ -353,8 +353,10 @@ class MemoryBackend(SettlementBackend):
         for user_id, identity in list(self._deposit_identities.items()):
             seen_to = self._scanned_tick[identity]
             now = self.chain.tick
-            for tx in self.chain.incoming(identity, after_tick=seen_to):
-                if not tx.money_flew or tx.tick > now:
+            # Rescan the last scanned tick: a simulated deposit lands in the current tick, which
+            # may already have been scanned. The ledger's idempotency key makes that harmless.
+            for tx in self.chain.incoming(identity, after_tick=seen_to - 1):
+                if not tx.money_flew:
                     continue
                 receipt = await self.ledger.deposit(
                     user_id,
@@ -362,15 +364,8 @@ class MemoryBackend(SettlementBackend):
                     idempotency_key=deposit_idempotency_key(tx.tx_id),
                     qubic_tx_hash=tx.tx_id,
                 )
-                credits.append(
-                    DepositCredit(
-                        user_id,
-                        tx.tx_id,
-                        tx.amount,
-                        tx.tick,
-                        bool(getattr(receipt, "replayed", False)),
-                    )
-                )
+                if not getattr(receipt, "replayed", False):
+                    credits.append(DepositCredit(user_id, tx.tx_id, tx.amount, tx.tick))
             self._scanned_tick[identity] = max(seen_to, now)
             self._sweep(identity)
         return credits
