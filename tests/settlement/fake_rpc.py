@@ -29,11 +29,6 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from qubix_jupyter.settlement.transaction import (
-    MAX_AMOUNT,
-    InvalidTransaction,
-    Transaction,
-)
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
@@ -42,6 +37,11 @@ from qubix_jupyter.settlement.identity import (
     identity_from_public_key,
     is_valid_identity,
     public_key_from_identity,
+)
+from qubix_jupyter.settlement.transaction import (
+    MAX_AMOUNT,
+    InvalidTransaction,
+    Transaction,
 )
 
 # grpc status codes the gateways send in error bodies
@@ -64,6 +64,8 @@ class FakeTx:
     timestamp_ms: int = 0
     money_flew: bool | None = None  # None while pending
     seq: int = 0  # arrival order, to keep listings stable
+    outside: bool = False  # sent by an identity outside the fake (seed_incoming): minted
+    outside_money_flew: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -245,17 +247,17 @@ class FakeQubicRpc:
         tick: int | None = None,
         money_flew: bool = True,
     ) -> str:
-        """Record a transfer of ``amount`` QU from an outside ``source`` to ``identity``,
-        included at ``tick`` (default: the current tick). Returns its transaction id.
+        """Simulate ``amount`` QU sent to ``identity`` from an outside ``source`` (whose key we do
+        not have). Returns the transaction id.
 
-        With ``money_flew`` the destination's balance grows; otherwise the transaction is
-        listed but moved nothing (as when its sender could not cover it).
+        By default the transfer is included in the next tick, like any transaction: it shows up
+        once :meth:`advance` has processed that tick. A ``tick`` at or before the current one
+        records it as history that was already there. With ``money_flew`` false the transfer is
+        listed but moves nothing (as when its sender could not cover it).
         """
         if not is_valid_identity(identity):
             raise ValueError(f"not an identity: {identity!r}")
-        tick = self.tick if tick is None else tick
-        if tick > self.tick:
-            raise ValueError("seed_incoming records processed transfers; use a tick ≤ the tick")
+        tick = self.tick + 1 if tick is None else tick
         self._seq += 1
         source = source or identity_from_public_key(
             hashlib.sha256(b"fake-outside-%d" % self._seq).digest()
@@ -274,14 +276,15 @@ class FakeQubicRpc:
             destination=identity,
             amount=amount,
             tick=tick,
-            signature=tx.signature,
-            timestamp_ms=self._timestamp(tick),
-            money_flew=money_flew,
+            signature=tx.signature or b"",
             seq=self._seq,
+            outside=True,
+            outside_money_flew=money_flew,
         )
-        if money_flew:
-            self.balances[identity] = self.balances.get(identity, 0) + amount
-        self.archive[record.tx_id] = record
+        if tick > self.tick:
+            self.pending[record.tx_id] = record
+        else:
+            self._apply(record)
         return record.tx_id
 
     def balance(self, identity: str) -> int:
@@ -315,13 +318,22 @@ class FakeQubicRpc:
         due = sorted((t for t in self.pending.values() if t.tick == tick), key=lambda t: t.seq)
         for tx in due:
             del self.pending[tx.tx_id]
+            self._apply(tx)
+
+    def _apply(self, tx: FakeTx) -> None:
+        """Include ``tx`` in its tick; money moves only if the source can cover it."""
+        if tx.outside:
+            tx.money_flew = tx.outside_money_flew
+            if tx.money_flew:
+                self.balances[tx.destination] = self.balances.get(tx.destination, 0) + tx.amount
+        else:
             have = self.balances.get(tx.source, 0)
             tx.money_flew = tx.amount <= have
             if tx.money_flew:
                 self.balances[tx.source] = have - tx.amount
                 self.balances[tx.destination] = self.balances.get(tx.destination, 0) + tx.amount
-            tx.timestamp_ms = self._timestamp(tick)
-            self.archive[tx.tx_id] = tx
+        tx.timestamp_ms = self._timestamp(tx.tick)
+        self.archive[tx.tx_id] = tx
 
     def _outstanding(self, source: str) -> list[FakeTx]:
         """Accepted transactions from ``source`` whose target tick has not been processed."""

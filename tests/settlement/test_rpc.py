@@ -142,6 +142,7 @@ async def test_balance_fields_arrive_as_int64_strings_and_parse_to_int(
 ) -> None:
     fake.seed_incoming(BOB, 10**15)
     fake.seed_incoming(BOB, 5)
+    fake.advance(1)
     async with httpx.AsyncClient() as raw:
         wire = (await raw.get(f"{fake.live_url}/balances/{BOB}")).json()["balance"]
     assert wire["balance"] == str(10**15 + 5)  # the wire form really is a string
@@ -401,6 +402,7 @@ async def test_a_single_tick_range_is_widened_for_the_archive_and_filtered_back(
     before = fake.seed_incoming(BOB, 1)
     fake.advance(1)
     at = fake.seed_incoming(BOB, 2)
+    fake.advance(1)
     with pytest.raises(RpcRejected, match="invalid range"):  # what the archive itself says
         await rpc.get_transactions_for_identity(BOB, from_tick=fake.tick, to_tick=fake.tick)
     got = await _collect(

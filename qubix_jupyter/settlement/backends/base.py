@@ -103,6 +103,13 @@ class SettlementNotConfigured(SettlementError):
     status = 503
 
 
+class ChainUnavailable(SettlementError):
+    """The chain (its RPC) cannot be reached now; the request can be retried later."""
+
+    code = "chain_unavailable"
+    status = 503
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class PayoutStatus:
     """What a user (and the operator) may know about one payout."""
@@ -300,6 +307,7 @@ __all__ = [
     "MAX_TRANSFER_AMOUNT",
     "PAYOUT_TRANSITIONS",
     "ChainStatus",
+    "ChainUnavailable",
     "DepositCredit",
     "InvalidDestination",
     "LedgerPort",
