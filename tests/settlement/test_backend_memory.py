@@ -468,3 +468,36 @@ async def _check_conservation(
     )
     # Equality once every deposit is scanned; more while some are not yet credited; never less.
     assert held >= wallets + owed
+
+
+async def test_the_background_loop_ticks_credits_and_pays_on_its_own(database: Database) -> None:
+    backend = MemoryBackend(database.ledger, tick_offset=1)
+    alice = await _user(database, "alice")
+    await backend.simulate_deposit(alice, 50)
+    backend.start(0.001)
+    backend.start(0.001)  # a second start is a no-op, not a second loop
+
+    async def until(check) -> None:
+        for _ in range(2_000):
+            if await check():
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError("the loop did not get there")
+
+    async def credited() -> bool:
+        return await database.ledger.wallet_balance(alice) == 50
+
+    async def paid() -> bool:
+        return (await backend.payout_status("p")).state is PayoutState.CONFIRMED
+
+    try:
+        await until(credited)
+        await backend.request_payout("p", alice, D, 50)
+        await until(paid)
+    finally:
+        await backend.aclose()
+    assert backend.chain.balance(D) == 50
+    assert (await backend.chain_status()).reachable
+    tick = backend.chain.tick
+    await asyncio.sleep(0.01)
+    assert backend.chain.tick == tick  # stopped

@@ -11,6 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from qubix_jupyter.db import repositories as repo
+from qubix_jupyter.db.engine import make_engine, make_sessionmaker
+from qubix_jupyter.db.ledger import Ledger
 from qubix_jupyter.db.models import Transaction as LedgerEntry
 from qubix_jupyter.db.settlement_models import PayoutOutbox
 from qubix_jupyter.db.settlement_store import SettlementStore
@@ -554,3 +556,49 @@ async def test_a_payout_that_keeps_missing_fails_and_is_refunded_once(
     assert await database.ledger.wallet_balance(alice) == 500
     assert fake.paid(PLATFORM, DEST) == []
     await backend.aclose()
+
+
+async def test_a_signed_payout_survives_a_database_restart(
+    database: Database, fake: FakeQubicRpc, request: pytest.FixtureRequest
+) -> None:
+    """**Feature: qubix-enterprise-upgrade, Property 5: For any data write operation, a
+    subsequent read should return the same data even after server restart** — the outbox row
+    with its signed transaction outlives the database server and the market process."""
+    fake.balances[PLATFORM] = 5_000
+    alice = await _user(database, "alice", funds=500)
+    before = _backend(database, fake)
+    await before.request_payout("w", alice, DEST, 75)
+    fake.fail_next(FAST.retries + 1, status=503, path="broadcast")
+    (stored,) = await before.process_payouts()
+    assert stored.state is PayoutState.SIGNED
+    await before.aclose()
+    await database.engine.dispose()
+    if database.kind == "postgresql":
+        request.getfixturevalue("pg_cluster").restart()
+
+    engine = make_engine(database.url)
+    try:
+        sessionmaker = make_sessionmaker(engine)
+        rpc = QubicRpcClient(fake.live_url, fake.query_url, retry=FAST)
+        after = QubicBackend(
+            Ledger(sessionmaker),
+            sessionmaker,
+            rpc,
+            platform_seed=PLATFORM_SEED,
+            tick_offset=OFFSET,
+        )
+        survived = await after.payout_status("w")
+        assert (survived.state, survived.tx_id, survived.target_tick) == (
+            PayoutState.SIGNED,
+            stored.tx_id,
+            stored.target_tick,
+        )
+        await after.process_payouts()
+        await _rounds(after, fake, OFFSET)
+        paid = await after.payout_status("w")
+        assert paid.state is PayoutState.CONFIRMED
+        assert paid.tx_id == stored.tx_id
+        assert await Ledger(sessionmaker).wallet_balance(alice) == 425
+        await after.aclose()
+    finally:
+        await engine.dispose()

@@ -281,6 +281,8 @@ class SettlementBackend(abc.ABC):
             except QubixError as exc:
                 log.warning("settlement %s: %s", step.__name__, exc)
             except Exception:
+                # A background loop: one bad round is logged with its traceback and must not
+                # stop deposits and payouts for good. Nothing here answers a client.
                 log.exception("settlement %s failed", step.__name__)
 
     def start(self, interval_s: float) -> None:
