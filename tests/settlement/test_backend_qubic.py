@@ -602,3 +602,22 @@ async def test_a_signed_payout_survives_a_database_restart(
         await after.aclose()
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("status", [400, 429, 500])
+async def test_an_rpc_error_answer_delays_the_round_and_decides_nothing(
+    database: Database, backend: QubicBackend, fake: FakeQubicRpc, status: int
+) -> None:
+    fake.balances[PLATFORM] = 5_000
+    alice = await _user(database, "alice", funds=500)
+    await backend.request_payout("w", alice, DEST, 60)
+    (sent,) = await backend.process_payouts()
+    fake.advance(OFFSET)
+    fake.fail_next(1, status=status, path="getTransactionByHash")
+    (waiting,) = await backend.process_payouts()
+    assert waiting.state is PayoutState.BROADCAST  # neither confirmed nor re-signed
+    assert waiting.delayed
+    assert waiting.tx_id == sent.tx_id
+    (paid,) = await backend.process_payouts()
+    assert paid.state is PayoutState.CONFIRMED
+    assert paid.attempts == 1

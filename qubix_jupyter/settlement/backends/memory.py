@@ -284,7 +284,7 @@ class MemoryBackend(SettlementBackend):
     """Settlement against :class:`SimulatedChain`.
 
     ``tick_offset``: how many ticks ahead a payout transaction is scheduled. ``max_misses``: how
-    many transactions of one payout may fail to pay before it is failed and refunded.
+    many transactions of one payout may fail to pay before it is failed and refunded (0: never).
     ``platform_balance``: QU the simulated platform wallet starts with (beyond swept deposits).
     """
 
@@ -470,7 +470,7 @@ class MemoryBackend(SettlementBackend):
         return [p.status() for p in changed.values()]
 
     async def _retry_or_fail(self, payout: _Payout) -> None:
-        if payout.misses >= self.max_misses:
+        if self.max_misses and payout.misses >= self.max_misses:
             payout.move(PayoutState.FAILED)
             await self.ledger.deposit(
                 payout.user_id, payout.amount, idempotency_key=refund_idempotency_key(payout.key)

@@ -46,7 +46,6 @@ from ..rpc import (
     QubicRpcError,
     RetryPolicy,
     RpcRejected,
-    RpcUnavailable,
     TransactionNotFound,
 )
 from ..transaction import Transaction
@@ -227,7 +226,7 @@ class QubicBackend(SettlementBackend):
     async def scan_deposits(self) -> list[DepositCredit]:
         try:
             last = (await self.rpc.get_last_processed_tick()).tick_number
-        except RpcUnavailable as exc:
+        except QubicRpcError as exc:
             raise ChainUnavailable(f"the Qubic archive is unreachable: {exc}") from exc
         credits: list[DepositCredit] = []
         for address in await self.store.deposit_addresses():
@@ -237,8 +236,8 @@ class QubicBackend(SettlementBackend):
                 continue
             try:
                 credits += await self._scan_identity(address.user_id, address.identity, start, last)
-            except RpcUnavailable as exc:
-                raise ChainUnavailable(f"the Qubic archive is unreachable: {exc}") from exc
+            except QubicRpcError as exc:
+                raise ChainUnavailable(f"the Qubic archive failed: {exc}") from exc
             except QubixError as exc:
                 # One user's ledger trouble must not stop everyone else's deposits; the range is
                 # scanned again next round.
@@ -326,7 +325,7 @@ class QubicBackend(SettlementBackend):
             changed: dict[str, PayoutStatus] = {}
             try:
                 tick = (await self.rpc.get_tick_info()).tick
-            except RpcUnavailable as exc:
+            except QubicRpcError as exc:
                 await self._delay(f"the Qubic network is unreachable: {exc}", changed)
                 return list(changed.values())
             await self.store.clear_queued_delays(self.platform_identity)
@@ -334,7 +333,8 @@ class QubicBackend(SettlementBackend):
                 active = await self.store.in_flight(self.platform_identity)
                 if active is None or await self._follow_up(active, tick, changed):
                     await self._send_next(tick, changed)
-            except RpcUnavailable as exc:
+            except QubicRpcError as exc:
+                # Without a clear answer nothing is decided: the payout waits for the next round.
                 await self._delay(f"the Qubic RPC is unreachable: {exc}", changed)
             return list(changed.values())
 
