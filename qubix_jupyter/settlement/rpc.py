@@ -351,7 +351,10 @@ def _check_base_url(url: str | None, name: str) -> str:
             f"{PUBLIC_RPC_URL}/{'live' if name == 'live' else 'query'}/v1) or use the memory "
             "settlement backend"
         )
-    parsed = httpx.URL(str(url).strip())
+    try:
+        parsed = httpx.URL(str(url).strip())
+    except httpx.InvalidURL as exc:
+        raise RpcNotConfigured(f"the Qubic {name} URL {url!r} is not a URL: {exc}") from exc
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise RpcNotConfigured(f"the Qubic {name} URL {url!r} is not an http(s) URL")
     return str(parsed).rstrip("/")

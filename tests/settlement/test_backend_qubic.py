@@ -259,6 +259,8 @@ async def test_an_assigned_watch_only_identity_is_scanned_from_its_start_tick(
     assert [c.amount for c in await backend.scan_deposits()] == [8]
     with pytest.raises(IdempotencyConflict):
         await backend.assign_deposit_identity(alice, DEST)
+    with pytest.raises(InvalidDestination):
+        await backend.assign_deposit_identity(alice, "A" * 60)
 
 
 async def test_without_a_deposit_seed_identities_must_be_assigned(

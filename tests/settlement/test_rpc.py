@@ -72,6 +72,8 @@ def test_a_non_http_url_is_refused() -> None:
         QubicRpcClient("ftp://example.org/live/v1", "http://example.org/query/v1")
     with pytest.raises(RpcNotConfigured):
         QubicRpcClient.from_base_url(None)
+    with pytest.raises(RpcNotConfigured, match="not a URL"):
+        QubicRpcClient("http://[::1", "http://example.org/query/v1")
 
 
 async def test_from_base_url_puts_both_apis_under_one_root() -> None:

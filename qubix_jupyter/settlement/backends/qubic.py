@@ -38,7 +38,7 @@ from ...db.models import utcnow
 from ...db.settlement_models import PayoutOutbox
 from ...db.settlement_store import SettlementStore, payout_status
 from ...market.errors import IdempotencyConflict, QubixError
-from ..identity import public_key_from_identity
+from ..identity import is_valid_identity, public_key_from_identity
 from ..keys import InvalidSeed, KeyPair
 from ..rpc import (
     MAX_RESULT_WINDOW,
@@ -206,7 +206,8 @@ class QubicBackend(SettlementBackend):
         self, user_id: str, identity: str, *, start_tick: int | None = None
     ) -> str:
         """Watch ``identity`` for the user's deposits from ``start_tick`` (default: now)."""
-        validate_payout("assign", identity, 1)  # the same identity check as a destination
+        if not is_valid_identity(identity):
+            raise InvalidDestination("not a valid Qubic identity", field="identity")
         start = await self._now() if start_tick is None else start_tick
         row = await self.store.add_deposit_address(user_id, identity, start)
         if row.identity != identity:
