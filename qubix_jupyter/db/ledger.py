@@ -25,9 +25,10 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from sqlalchemy import func, select, update
+import psycopg
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..market.errors import (
     AmountTooLarge,
@@ -110,8 +111,31 @@ def _is_key_collision(exc: IntegrityError) -> bool:
     return "UNIQUE constraint failed: idempotency_keys.key" in text
 
 
+#: SQLSTATEs raised by the PL/pgSQL ledger functions, and the errors they stand for.
+_NATIVE_ERRORS: dict[str, type[QubixError]] = {
+    "QX001": InsufficientFunds,
+    "QX002": UnknownAccount,
+    "QX003": UnknownJob,
+    "QX004": InvalidState,
+    "QX005": IdempotencyConflict,
+    "QX006": AmountTooLarge,
+}
+
+
+_TRANSIENT = frozenset({"40001", "40P01", "55P03"})
+
+
+def _domain_error(exc: BaseException | None) -> QubixError | None:
+    """The typed error a ledger function raised, from the driver's exception."""
+    error = _NATIVE_ERRORS.get(getattr(exc, "sqlstate", None) or "")
+    if error is None:
+        return None
+    diag = exc.diag  # type: ignore[union-attr]
+    return error(diag.message_primary or "", **json.loads(diag.message_detail or "{}"))
+
+
 def _is_transient(exc: DBAPIError) -> bool:
-    if _sqlstate(exc) in {"40001", "40P01", "55P03"}:
+    if _sqlstate(exc) in _TRANSIENT:
         return True
     return "database is locked" in str(exc.orig)
 
@@ -200,10 +224,16 @@ class Ledger:
         *,
         platform_fee_bps: int = 0,
         max_attempts: int = 20,
+        native: bool | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self._engine: AsyncEngine = sessionmaker.kw["bind"]
+        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
         self.platform_fee_bps = platform_fee_bps
         self._max_attempts = max_attempts
+        #: PostgreSQL runs each operation as one call to its PL/pgSQL function (created by the
+        #: migrations); other databases run the same steps here in Python. None: decide on use.
+        self._native: bool | None = native
 
     # ------------------------------------------------------------------ engine room
 
@@ -213,6 +243,8 @@ class Ledger:
         key: str,
         params: dict[str, Any],
         work: Callable[[_Work], Awaitable[Receipt]],
+        native: tuple[str, dict[str, Any]],
+        within: Within | None = None,
     ) -> Receipt:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidIdempotencyKey(
@@ -221,7 +253,17 @@ class Ledger:
         request_hash = _request_hash(operation, params)
         for attempt in range(self._max_attempts):
             try:
+                if within is None and self._is_native():
+                    # The hot path: one function call is one statement is one transaction,
+                    # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
+                    return await self._call_raw(native, key, request_hash)
                 async with self._sessionmaker() as session, session.begin():
+                    if self._is_native():
+                        function, args = native
+                        receipt = await self._call(session, function, key, request_hash, args)
+                        if within is not None and not receipt.replayed:
+                            await within(session)
+                        return receipt
                     prior = await session.get(IdempotencyKey, key)
                     if prior is not None:
                         return self._replay(prior, operation, request_hash)
@@ -229,17 +271,71 @@ class Ledger:
                     session.add(claim)
                     await session.flush()  # a concurrent twin now waits on this row
                     receipt = await work(_Work(session, key))
+                    if within is not None:
+                        await within(session)
                     claim.response = receipt.to_json()
                 return receipt
             except IntegrityError as exc:
                 if not _is_key_collision(exc):
                     raise
                 # The twin committed first: the next attempt replays its receipt.
+            except psycopg.Error as exc:  # from the raw hot path
+                domain = _domain_error(exc)
+                if domain is not None:
+                    raise domain from None
+                if exc.sqlstate not in _TRANSIENT or attempt == self._max_attempts - 1:
+                    raise
+                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
             except DBAPIError as exc:
+                domain = _domain_error(exc.orig)
+                if domain is not None:
+                    raise domain from None
                 if not _is_transient(exc) or attempt == self._max_attempts - 1:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
         raise RuntimeError(f"{operation} {key!r} did not settle after {self._max_attempts} tries")
+
+    def _is_native(self) -> bool:
+        if self._native is None:
+            self._native = self._engine.dialect.name == "postgresql"
+        return self._native
+
+    async def _call_raw(
+        self, native: tuple[str, dict[str, Any]], key: str, request_hash: str
+    ) -> Receipt:
+        """Call a ledger function straight through psycopg on a pooled autocommit connection.
+
+        One statement is one transaction, so autocommit costs a single round trip; skipping the
+        SQL layer here matters because this is every money-moving request's path.
+        """
+        function, args = native
+        placeholders = ", ".join(["%s"] * (len(args) + 2))
+        async with self._autocommit.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            if driver is None or not driver.autocommit:
+                raise RuntimeError("ledger functions must run on an autocommit connection")
+            cursor = await driver.execute(
+                f"SELECT {function}({placeholders})", [key, request_hash, *args.values()]
+            )
+            row = await cursor.fetchone()
+        assert row is not None
+        data = row[0]
+        return Receipt.from_json(data, replayed=bool(data.pop("replayed")))
+
+    @staticmethod
+    async def _call(
+        session: AsyncSession | AsyncConnection,
+        function: str,
+        key: str,
+        request_hash: str,
+        args: dict[str, Any],
+    ) -> Receipt:
+        names = ", ".join(f":{name}" for name in args)
+        statement = text(f"SELECT {function}(:key, :request_hash, {names})")
+        data = (
+            await session.execute(statement, {"key": key, "request_hash": request_hash, **args})
+        ).scalar_one()
+        return Receipt.from_json(data, replayed=bool(data.pop("replayed")))
 
     @staticmethod
     def _replay(prior: IdempotencyKey, operation: str, request_hash: str) -> Receipt:
@@ -279,7 +375,9 @@ class Ledger:
             )
 
         params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
-        return await self._execute("deposit", idempotency_key, params, work)
+        native = ("qubix_transfer", {"op": "deposit", "user": user_id, "amount": amount,
+                                    "tx": qubic_tx_hash})  # fmt: skip
+        return await self._execute("deposit", idempotency_key, params, work, native)
 
     async def withdraw(
         self,
@@ -308,8 +406,6 @@ class Ledger:
                 user_id=user_id,
                 qubic_tx_hash=qubic_tx_hash,
             )
-            if within is not None:
-                await within(w.session)
             return Receipt(
                 "withdraw",
                 w.key,
@@ -319,7 +415,9 @@ class Ledger:
             )
 
         params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
-        return await self._execute("withdraw", idempotency_key, params, work)
+        native = ("qubix_transfer", {"op": "withdraw", "user": user_id, "amount": amount,
+                                    "tx": qubic_tx_hash})  # fmt: skip
+        return await self._execute("withdraw", idempotency_key, params, work, native, within)
 
     # ------------------------------------------------------------------ escrow
 
@@ -355,7 +453,8 @@ class Ledger:
             )
 
         params = {"job_id": job_id, "amount": amount}
-        return await self._execute("lock_escrow", idempotency_key, params, work)
+        native = ("qubix_escrow", {"op": "lock_escrow", "job": job_id, "amount": amount})
+        return await self._execute("lock_escrow", idempotency_key, params, work, native)
 
     async def release_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
         """Give part of an open job's escrow back (e.g. the excess once a cheaper offer is
@@ -381,7 +480,8 @@ class Ledger:
             )
 
         params = {"job_id": job_id, "amount": amount}
-        return await self._execute("release_escrow", idempotency_key, params, work)
+        native = ("qubix_escrow", {"op": "release_escrow", "job": job_id, "amount": amount})
+        return await self._execute("release_escrow", idempotency_key, params, work, native)
 
     async def charge(
         self,
@@ -447,7 +547,12 @@ class Ledger:
             "final_status": final_status.value,
             "error": error,
         }
-        return await self._execute("charge", idempotency_key, params, work)
+        native = (
+            "qubix_settle",
+            {"op": "charge", "job": job_id, "seconds": seconds, "fee": fee_bps}
+            | {"status": final_status.value, "error": error},
+        )
+        return await self._execute("charge", idempotency_key, params, work, native)
 
     async def refund(
         self,
@@ -480,7 +585,9 @@ class Ledger:
             )
 
         params = {"job_id": job_id, "final_status": final_status.value, "error": error}
-        return await self._execute("refund", idempotency_key, params, work)
+        native = ("qubix_settle", {"op": "refund", "job": job_id, "seconds": 0, "fee": 0,
+                                  "status": final_status.value, "error": error})  # fmt: skip
+        return await self._execute("refund", idempotency_key, params, work, native)
 
     @staticmethod
     async def _finish(

@@ -9,6 +9,239 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+# The ledger's money-moving operations as PL/pgSQL functions: one round trip per operation
+# on PostgreSQL. They follow the same steps as qubix_jupyter.db.ledger's Python path (used on
+# SQLite), and the same property tests run against both.
+LEDGER_FUNCTIONS = r"""
+CREATE FUNCTION qubix_fail(p_code text, p_message text, p_details jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = p_code, MESSAGE = p_message, DETAIL = p_details::text;
+END $$;
+
+CREATE FUNCTION qubix_claim(p_key text, p_operation text, p_hash text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  prior idempotency_keys%ROWTYPE;
+BEGIN
+  -- A concurrent twin holding the same key makes this wait for its commit, then do nothing.
+  INSERT INTO idempotency_keys (key, operation, request_hash, created_at)
+  VALUES (p_key, p_operation, p_hash, now())
+  ON CONFLICT (key) DO NOTHING;
+  IF FOUND THEN
+    RETURN NULL;
+  END IF;
+  SELECT * INTO prior FROM idempotency_keys WHERE key = p_key;
+  IF prior.operation <> p_operation OR prior.request_hash <> p_hash THEN
+    PERFORM qubix_fail('QX005',
+      format('idempotency key %L was already used for a different request', p_key),
+      jsonb_build_object('key', p_key, 'operation', prior.operation));
+  END IF;
+  RETURN prior.response::jsonb || '{"replayed": true}'::jsonb;
+END $$;
+
+CREATE FUNCTION qubix_receipt(p_key text, p_operation text, p_amounts jsonb, p_entries text[],
+                              p_job text, p_user text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb := jsonb_build_object(
+    'operation', p_operation, 'idempotency_key', p_key, 'amounts', p_amounts,
+    'entry_ids', to_jsonb(array_remove(p_entries, NULL)), 'job_id', p_job, 'user_id', p_user);
+BEGIN
+  UPDATE idempotency_keys SET response = r::json WHERE key = p_key;
+  RETURN r || '{"replayed": false}'::jsonb;
+END $$;
+
+CREATE FUNCTION qubix_lock_accounts(p_ids text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  missing text;
+  wanted integer := (SELECT count(DISTINCT i) FROM unnest(p_ids) AS i);
+  locked integer;
+BEGIN
+  -- Rows are locked in id order by every operation, so two operations never wait on each other
+  -- in a cycle.
+  SELECT count(*) INTO locked
+  FROM (SELECT 1 FROM accounts WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE) AS rows;
+  IF locked < wanted THEN
+    SELECT i INTO missing FROM unnest(p_ids) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = i) ORDER BY i LIMIT 1;
+    PERFORM qubix_fail('QX002', format('no ledger account %L', missing),
+                       jsonb_build_object('account', missing));
+  END IF;
+END $$;
+
+CREATE FUNCTION qubix_move(p_key text, p_debit text, p_credit text, p_amount bigint,
+                           p_type text, p_user text, p_job text, p_tx_hash text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+  held bigint;
+  entry_id text;
+BEGIN
+  IF p_amount = 0 THEN
+    RETURN NULL;
+  END IF;
+  -- The guards ride on the updates themselves: no row updated means the guard failed.
+  UPDATE accounts SET balance = balance - p_amount
+  WHERE id = p_debit AND (kind = 'EXTERNAL' OR balance >= p_amount);
+  IF NOT FOUND THEN
+    SELECT balance INTO held FROM accounts WHERE id = p_debit;
+    PERFORM qubix_fail('QX001',
+      format('account %s holds %s QU, %s QU needed', p_debit, held, p_amount),
+      jsonb_build_object('account', p_debit, 'balance', held, 'needed', p_amount));
+  END IF;
+  UPDATE accounts SET balance = balance + p_amount
+  WHERE id = p_credit AND balance <= 9223372036854775807 - p_amount;
+  IF NOT FOUND THEN
+    PERFORM qubix_fail('QX006',
+      format('account %s would exceed the largest storable balance', p_credit),
+      jsonb_build_object('account', p_credit, 'max', 9223372036854775807));
+  END IF;
+  entry_id := gen_random_uuid()::text;
+  INSERT INTO transactions (id, user_id, job_id, debit_account_id, credit_account_id, type,
+                            amount, status, qubic_tx_hash, idempotency_key, created_at,
+                            completed_at)
+  VALUES (entry_id, p_user, p_job, p_debit, p_credit, p_type, p_amount, 'COMPLETED',
+          p_tx_hash, p_key, now(), now());
+  RETURN entry_id;
+END $$;
+
+CREATE FUNCTION qubix_open_job(p_job text) RETURNS jobs
+LANGUAGE plpgsql AS $$
+DECLARE
+  j jobs%ROWTYPE;
+BEGIN
+  SELECT * INTO j FROM jobs WHERE id = p_job FOR UPDATE;
+  IF NOT FOUND THEN
+    PERFORM qubix_fail('QX003', format('no job %L', p_job), jsonb_build_object('job_id', p_job));
+  END IF;
+  IF j.status IN ('COMPLETED', 'FAILED', 'CANCELLED') THEN
+    PERFORM qubix_fail('QX004', format('job %s is %s; its escrow is settled', p_job, j.status),
+                       jsonb_build_object('job_id', p_job, 'status', j.status));
+  END IF;
+  RETURN j;
+END $$;
+
+CREATE FUNCTION qubix_transfer(p_key text, p_hash text, p_operation text, p_user text,
+                               p_amount bigint, p_tx_hash text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb := qubix_claim(p_key, p_operation, p_hash);
+  wallet text := 'wallet:' || p_user;
+  e text;
+BEGIN
+  IF r IS NOT NULL THEN
+    RETURN r;
+  END IF;
+  PERFORM qubix_lock_accounts(ARRAY[wallet, 'external:qubic']);
+  IF p_operation = 'deposit' THEN
+    e := qubix_move(p_key, 'external:qubic', wallet, p_amount, 'DEPOSIT', p_user, NULL, p_tx_hash);
+  ELSE
+    e := qubix_move(p_key, wallet, 'external:qubic', p_amount, 'WITHDRAWAL', p_user, NULL,
+                    p_tx_hash);
+  END IF;
+  RETURN qubix_receipt(p_key, p_operation,
+    jsonb_build_object('amount', p_amount,
+                       'balance', (SELECT balance FROM accounts WHERE id = wallet)),
+    ARRAY[e], NULL, p_user);
+END $$;
+
+CREATE FUNCTION qubix_escrow(p_key text, p_hash text, p_operation text, p_job text,
+                             p_amount bigint) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb := qubix_claim(p_key, p_operation, p_hash);
+  j jobs%ROWTYPE;
+  wallet text;
+  escrow text := 'escrow:' || p_job;
+  e text;
+BEGIN
+  IF r IS NOT NULL THEN
+    RETURN r;
+  END IF;
+  j := qubix_open_job(p_job);
+  wallet := 'wallet:' || j.user_id;
+  PERFORM qubix_lock_accounts(ARRAY[wallet, escrow]);
+  IF p_operation = 'lock_escrow' THEN
+    e := qubix_move(p_key, wallet, escrow, p_amount, 'ESCROW_LOCK', j.user_id, p_job, NULL);
+  ELSE
+    e := qubix_move(p_key, escrow, wallet, p_amount, 'ESCROW_RELEASE', j.user_id, p_job, NULL);
+  END IF;
+  RETURN qubix_receipt(p_key, p_operation,
+    jsonb_build_object('amount', p_amount,
+                       'escrow', (SELECT balance FROM accounts WHERE id = escrow)),
+    ARRAY[e], p_job, j.user_id);
+END $$;
+
+CREATE FUNCTION qubix_settle(p_key text, p_hash text, p_operation text, p_job text,
+                             p_seconds bigint, p_fee_bps integer, p_final_status text,
+                             p_error text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb := qubix_claim(p_key, p_operation, p_hash);
+  j jobs%ROWTYPE;
+  owner text;
+  escrow text := 'escrow:' || p_job;
+  consumer text;
+  held bigint;
+  cost bigint := 0;
+  fee bigint := 0;
+  pay bigint := 0;
+  entries text[];
+BEGIN
+  IF r IS NOT NULL THEN
+    RETURN r;
+  END IF;
+  j := qubix_open_job(p_job);
+  consumer := 'wallet:' || j.user_id;
+  IF p_operation = 'refund' THEN
+    PERFORM qubix_lock_accounts(ARRAY[consumer, escrow]);
+    SELECT balance INTO held FROM accounts WHERE id = escrow;
+    entries := ARRAY[qubix_move(p_key, escrow, consumer, held, 'REFUND', j.user_id, p_job, NULL)];
+    r := jsonb_build_object('refund', held);
+  ELSE
+    IF j.provider_id IS NULL OR j.price_per_hour IS NULL THEN
+      PERFORM qubix_fail('QX004',
+        format('job %s has no provider and price yet; refund it instead', p_job),
+        jsonb_build_object('job_id', p_job));
+    END IF;
+    SELECT user_id INTO owner FROM providers WHERE id = j.provider_id;
+    PERFORM qubix_lock_accounts(ARRAY[consumer, 'wallet:' || owner, 'platform:fees', escrow]);
+    SELECT balance INTO held FROM accounts WHERE id = escrow;
+    -- ceil(price × seconds / 3600) in exact arithmetic, capped at the escrow; the fee rounds
+    -- down so rounding favours the provider (the same rule as market.money.split_charge).
+    cost := least(ceil(j.price_per_hour::numeric * p_seconds / 3600), held)::bigint;
+    fee := floor(cost::numeric * p_fee_bps / 10000)::bigint;
+    pay := cost - fee;
+    entries := ARRAY[
+      qubix_move(p_key, escrow, 'wallet:' || owner, pay, 'EARNING', owner, p_job, NULL),
+      qubix_move(p_key, escrow, 'platform:fees', fee, 'FEE', NULL, p_job, NULL),
+      qubix_move(p_key, escrow, consumer, held - cost, 'ESCROW_RELEASE', j.user_id, p_job, NULL)];
+    r := jsonb_build_object('cost', cost, 'provider', pay, 'fee', fee, 'refund', held - cost);
+  END IF;
+  UPDATE jobs SET status = p_final_status, actual_cost = cost, completed_at = now(),
+                  error = coalesce(p_error, error)
+  WHERE id = p_job;
+  IF j.provider_id IS NOT NULL THEN
+    UPDATE providers SET total_jobs = total_jobs + 1, total_earnings = total_earnings + pay
+    WHERE id = j.provider_id;
+  END IF;
+  RETURN qubix_receipt(p_key, p_operation, r, entries, p_job, j.user_id);
+END $$;
+"""
+DROP_FUNCTIONS = [
+    "qubix_settle(text, text, text, text, bigint, integer, text, text)",
+    "qubix_escrow(text, text, text, text, bigint)",
+    "qubix_transfer(text, text, text, text, bigint, text)",
+    "qubix_open_job(text)",
+    "qubix_move(text, text, text, bigint, text, text, text, text)",
+    "qubix_lock_accounts(text[])",
+    "qubix_receipt(text, text, jsonb, text[], text, text)",
+    "qubix_claim(text, text, text)",
+    "qubix_fail(text, text, jsonb)",
+]
+
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -392,9 +625,14 @@ def upgrade() -> None:
             {"id": "external:qubic", "kind": "EXTERNAL", "balance": 0},
         ],
     )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(LEDGER_FUNCTIONS)
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for signature in DROP_FUNCTIONS:
+            op.execute(f"DROP FUNCTION {signature}")
     op.drop_index(op.f("ix_transactions_user_id_created_at"), table_name="transactions")
     op.drop_index(op.f("ix_transactions_qubic_tx_hash"), table_name="transactions")
     op.drop_index(op.f("ix_transactions_job_id"), table_name="transactions")
