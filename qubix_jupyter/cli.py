@@ -1,0 +1,117 @@
+"""The ``qubix`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from .config import default_database_url
+from .market.errors import QubixError
+
+
+def _add_database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://user@host/db or sqlite:///path (default: $QUBIX_DATABASE_URL, "
+        "else SQLite under the Jupyter data dir)",
+    )
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .db import migrate
+
+    url = args.database_url or default_database_url()
+    before = migrate.current_revision(url)
+    migrate.upgrade(url, args.revision)
+    after = migrate.current_revision(url)
+    print(f"database upgraded: {before or 'empty'} → {after}")
+    return 0
+
+
+def _db_current(args: argparse.Namespace) -> int:
+    from .db import migrate
+
+    url = args.database_url or default_database_url()
+    current = migrate.current_revision(url)
+    head = migrate.head_revision()
+    state = "up to date" if current == head else "needs `qubix db upgrade`"
+    print(f"{current or 'empty'} (head {head}: {state})")
+    return 0 if current == head else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    if args.postgres:
+        from .db.pg_cluster import PgCluster
+
+        with PgCluster() as cluster:
+            ok = asyncio.run(run_demo(cluster.create_database("qubix_demo")))
+    else:
+        ok = asyncio.run(run_demo(args.database_url))
+    return 0 if ok else 1
+
+
+def _wallet_new(args: argparse.Namespace) -> int:
+    from .settlement.wallet import wallet_new_command
+
+    return wallet_new_command(args.seed_file) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qubix", description="QUBIX for Jupyter: a GPU-time marketplace settled in Qubic."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the market's money path end to end")
+    _add_database_url(demo)
+    demo.add_argument(
+        "--postgres",
+        action="store_true",
+        help="run on a throwaway PostgreSQL cluster instead of a temporary SQLite file",
+    )
+    demo.set_defaults(func=_demo)
+
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
+    upgrade = db.add_parser("upgrade", help="apply schema migrations")
+    _add_database_url(upgrade)
+    upgrade.add_argument("revision", nargs="?", default="head", help="target (default: head)")
+    upgrade.set_defaults(func=_db_upgrade)
+    current = db.add_parser("current", help="show the schema revision; exit 1 if behind")
+    _add_database_url(current)
+    current.set_defaults(func=_db_current)
+
+    wallet = commands.add_parser(
+        "wallet", help="your Qubic wallet, kept on this machine"
+    ).add_subparsers(dest="wallet_command", required=True, metavar="ACTION")
+    new = wallet.add_parser("new", help="generate a seed locally and print its identity")
+    new.add_argument(
+        "--seed-file",
+        default=None,
+        help="write the seed to this file (mode 0600, never overwritten) and print only the "
+        "identity; without it the seed is printed once",
+    )
+    new.set_defaults(func=_wallet_new)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except QubixError as exc:
+        print(f"qubix: {exc.message}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"qubix: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

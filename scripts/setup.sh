@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Prepare a fresh clone: a virtual environment with the package and its test tools, and (with
+# --postgres) PostgreSQL's server binaries for the throwaway test clusters. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_postgres=0
+for arg in "$@"; do
+  case "$arg" in
+    --postgres) want_postgres=1 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3.12 python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  echo "setup.sh: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else
+    echo "setup.sh: need root to run: $*" >&2
+    return 1
+  fi
+}
+
+if [ ! -x .venv/bin/python ]; then
+  python=$(pick_python)
+  echo "setup: creating .venv with $python"
+  "$python" -m venv .venv
+fi
+
+# Reinstall only when the project's dependencies changed.
+stamp=.venv/.qubix-installed
+digest=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+  echo "setup: installing qubix-jupyter and its test tools into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e '.[test,dev]'
+  echo "$digest" >"$stamp"
+fi
+
+if [ "$want_postgres" -eq 1 ]; then
+  if ! .venv/bin/python -c 'from qubix_jupyter.db.pg_cluster import find_bindir; find_bindir()' 2>/dev/null; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing PostgreSQL server binaries"
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    else
+      echo "setup.sh: install PostgreSQL (initdb, pg_ctl) or set QUBIX_PG_BINDIR" >&2
+      exit 1
+    fi
+  fi
+  .venv/bin/python -c 'from qubix_jupyter.db.pg_cluster import find_bindir; print("setup: PostgreSQL binaries in", find_bindir())'
+fi
