@@ -122,7 +122,9 @@ _NATIVE_ERRORS: dict[str, type[QubixError]] = {
 }
 
 
-_TRANSIENT = frozenset({"40001", "40P01", "55P03"})
+#: Retried: serialization failure, deadlock, lock timeout, and an idempotency key taken by a
+#: concurrent twin (QX007), whose receipt the retry then replays.
+_TRANSIENT = frozenset({"40001", "40P01", "55P03", "QX007"})
 
 
 def _domain_error(exc: BaseException | None) -> QubixError | None:

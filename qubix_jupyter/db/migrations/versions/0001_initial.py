@@ -24,14 +24,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
   prior idempotency_keys%ROWTYPE;
 BEGIN
-  -- A concurrent twin holding the same key makes this wait for its commit, then do nothing.
-  INSERT INTO idempotency_keys (key, operation, request_hash, created_at)
-  VALUES (p_key, p_operation, p_hash, now())
-  ON CONFLICT (key) DO NOTHING;
-  IF FOUND THEN
+  -- The stored receipt of a request already made with this key, or NULL for a new request.
+  SELECT * INTO prior FROM idempotency_keys WHERE key = p_key;
+  IF NOT FOUND THEN
     RETURN NULL;
   END IF;
-  SELECT * INTO prior FROM idempotency_keys WHERE key = p_key;
   IF prior.operation <> p_operation OR prior.request_hash <> p_hash THEN
     PERFORM qubix_fail('QX005',
       format('idempotency key %L was already used for a different request', p_key),
@@ -40,70 +37,88 @@ BEGIN
   RETURN prior.response::jsonb || '{"replayed": true}'::jsonb;
 END $$;
 
-CREATE FUNCTION qubix_receipt(p_key text, p_operation text, p_amounts jsonb, p_entries text[],
-                              p_job text, p_user text) RETURNS jsonb
+CREATE FUNCTION qubix_receipt(p_key text, p_operation text, p_hash text, p_amounts jsonb,
+                              p_entries text[], p_job text, p_user text) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
   r jsonb := jsonb_build_object(
     'operation', p_operation, 'idempotency_key', p_key, 'amounts', p_amounts,
-    'entry_ids', to_jsonb(array_remove(p_entries, NULL)), 'job_id', p_job, 'user_id', p_user);
+    'entry_ids', to_jsonb(p_entries), 'job_id', p_job, 'user_id', p_user);
 BEGIN
-  UPDATE idempotency_keys SET response = r::json WHERE key = p_key;
+  -- The key is written once, with its receipt, as the operation's last step. A concurrent twin
+  -- with the same key has been waiting on the same rows; whichever commits second finds the key
+  -- taken here, is rolled back whole (QX007) and retried by the caller, which then replays.
+  INSERT INTO idempotency_keys (key, operation, request_hash, response, created_at)
+  VALUES (p_key, p_operation, p_hash, r::json, now())
+  ON CONFLICT (key) DO NOTHING;
+  IF NOT FOUND THEN
+    PERFORM qubix_fail('QX007',
+      format('idempotency key %L was used by a concurrent request; retry to replay it', p_key),
+      jsonb_build_object('key', p_key));
+  END IF;
   RETURN r || '{"replayed": false}'::jsonb;
 END $$;
 
-CREATE FUNCTION qubix_lock_accounts(p_ids text[]) RETURNS void
+CREATE FUNCTION qubix_apply(p_key text, p_job text, p_tx_hash text, p_debits text[],
+                            p_credits text[], p_amounts bigint[], p_types text[],
+                            p_users text[]) RETURNS text[]
 LANGUAGE plpgsql AS $$
 DECLARE
-  missing text;
-  wanted integer := (SELECT count(DISTINCT i) FROM unnest(p_ids) AS i);
-  locked integer;
-BEGIN
-  -- Rows are locked in id order by every operation, so two operations never wait on each other
-  -- in a cycle.
-  SELECT count(*) INTO locked
-  FROM (SELECT 1 FROM accounts WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE) AS rows;
-  IF locked < wanted THEN
-    SELECT i INTO missing FROM unnest(p_ids) AS i
-    WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = i) ORDER BY i LIMIT 1;
-    PERFORM qubix_fail('QX002', format('no ledger account %L', missing),
-                       jsonb_build_object('account', missing));
-  END IF;
-END $$;
-
-CREATE FUNCTION qubix_move(p_key text, p_debit text, p_credit text, p_amount bigint,
-                           p_type text, p_user text, p_job text, p_tx_hash text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
+  d record;
   held bigint;
-  entry_id text;
+  ids text[];
 BEGIN
-  IF p_amount = 0 THEN
-    RETURN NULL;
-  END IF;
-  -- The guards ride on the updates themselves: no row updated means the guard failed.
-  UPDATE accounts SET balance = balance - p_amount
-  WHERE id = p_debit AND (kind = 'EXTERNAL' OR balance >= p_amount);
-  IF NOT FOUND THEN
-    SELECT balance INTO held FROM accounts WHERE id = p_debit;
-    PERFORM qubix_fail('QX001',
-      format('account %s holds %s QU, %s QU needed', p_debit, held, p_amount),
-      jsonb_build_object('account', p_debit, 'balance', held, 'needed', p_amount));
-  END IF;
-  UPDATE accounts SET balance = balance + p_amount
-  WHERE id = p_credit AND balance <= 9223372036854775807 - p_amount;
-  IF NOT FOUND THEN
-    PERFORM qubix_fail('QX006',
-      format('account %s would exceed the largest storable balance', p_credit),
-      jsonb_build_object('account', p_credit, 'max', 9223372036854775807));
-  END IF;
-  entry_id := gen_random_uuid()::text;
-  INSERT INTO transactions (id, user_id, job_id, debit_account_id, credit_account_id, type,
-                            amount, status, qubic_tx_hash, idempotency_key, created_at,
-                            completed_at)
-  VALUES (entry_id, p_user, p_job, p_debit, p_credit, p_type, p_amount, 'COMPLETED',
-          p_tx_hash, p_key, now(), now());
-  RETURN entry_id;
+  -- The net change of each account, applied in account-id order: every operation takes its row
+  -- locks in that one order, so no two wait on each other in a cycle. The guards ride on the
+  -- updates themselves: no row updated means the guard (or the account) failed.
+  FOR d IN
+    SELECT account, sum(delta)::bigint AS delta
+    FROM (
+      SELECT m.debit AS account, -m.amount AS delta
+      FROM unnest(p_debits, p_amounts) AS m(debit, amount) WHERE m.amount > 0
+      UNION ALL
+      SELECT m.credit, m.amount
+      FROM unnest(p_credits, p_amounts) AS m(credit, amount) WHERE m.amount > 0
+    ) AS moves
+    GROUP BY account ORDER BY account
+  LOOP
+    IF d.delta < 0 THEN
+      UPDATE accounts SET balance = balance + d.delta
+      WHERE id = d.account AND (kind = 'EXTERNAL' OR balance >= -d.delta);
+    ELSE
+      UPDATE accounts SET balance = balance + d.delta
+      WHERE id = d.account AND balance <= 9223372036854775807 - d.delta;
+    END IF;
+    IF NOT FOUND THEN
+      SELECT balance INTO held FROM accounts WHERE id = d.account;
+      IF NOT FOUND THEN
+        PERFORM qubix_fail('QX002', format('no ledger account %L', d.account),
+                           jsonb_build_object('account', d.account));
+      ELSIF d.delta < 0 THEN
+        PERFORM qubix_fail('QX001',
+          format('account %s holds %s QU, %s QU needed', d.account, held, -d.delta),
+          jsonb_build_object('account', d.account, 'balance', held, 'needed', -d.delta));
+      ELSE
+        PERFORM qubix_fail('QX006',
+          format('account %s would exceed the largest storable balance', d.account),
+          jsonb_build_object('account', d.account, 'max', 9223372036854775807));
+      END IF;
+    END IF;
+  END LOOP;
+  WITH entries AS (
+    INSERT INTO transactions (id, user_id, job_id, debit_account_id, credit_account_id, type,
+                              amount, status, qubic_tx_hash, idempotency_key, created_at,
+                              completed_at)
+    SELECT gen_random_uuid()::text, m.who, p_job, m.debit, m.credit, m.kind, m.amount,
+           'COMPLETED', p_tx_hash, p_key, now(), now()
+    FROM unnest(p_debits, p_credits, p_amounts, p_types, p_users)
+         WITH ORDINALITY AS m(debit, credit, amount, kind, who, n)
+    WHERE m.amount > 0
+    ORDER BY m.n
+    RETURNING id
+  )
+  SELECT array_agg(id) INTO ids FROM entries;
+  RETURN coalesce(ids, '{}');
 END $$;
 
 CREATE FUNCTION qubix_open_job(p_job text) RETURNS jobs
@@ -111,6 +126,8 @@ LANGUAGE plpgsql AS $$
 DECLARE
   j jobs%ROWTYPE;
 BEGIN
+  -- Every operation on a job's escrow holds this row lock first, which is what lets the others
+  -- read the escrow balance without locking the account row.
   SELECT * INTO j FROM jobs WHERE id = p_job FOR UPDATE;
   IF NOT FOUND THEN
     PERFORM qubix_fail('QX003', format('no job %L', p_job), jsonb_build_object('job_id', p_job));
@@ -128,22 +145,22 @@ LANGUAGE plpgsql AS $$
 DECLARE
   r jsonb := qubix_claim(p_key, p_operation, p_hash);
   wallet text := 'wallet:' || p_user;
-  e text;
+  ids text[];
 BEGIN
   IF r IS NOT NULL THEN
     RETURN r;
   END IF;
-  PERFORM qubix_lock_accounts(ARRAY[wallet, 'external:qubic']);
   IF p_operation = 'deposit' THEN
-    e := qubix_move(p_key, 'external:qubic', wallet, p_amount, 'DEPOSIT', p_user, NULL, p_tx_hash);
+    ids := qubix_apply(p_key, NULL, p_tx_hash, ARRAY['external:qubic'], ARRAY[wallet],
+                       ARRAY[p_amount], ARRAY['DEPOSIT'], ARRAY[p_user]);
   ELSE
-    e := qubix_move(p_key, wallet, 'external:qubic', p_amount, 'WITHDRAWAL', p_user, NULL,
-                    p_tx_hash);
+    ids := qubix_apply(p_key, NULL, p_tx_hash, ARRAY[wallet], ARRAY['external:qubic'],
+                       ARRAY[p_amount], ARRAY['WITHDRAWAL'], ARRAY[p_user]);
   END IF;
-  RETURN qubix_receipt(p_key, p_operation,
+  RETURN qubix_receipt(p_key, p_operation, p_hash,
     jsonb_build_object('amount', p_amount,
                        'balance', (SELECT balance FROM accounts WHERE id = wallet)),
-    ARRAY[e], NULL, p_user);
+    ids, NULL, p_user);
 END $$;
 
 CREATE FUNCTION qubix_escrow(p_key text, p_hash text, p_operation text, p_job text,
@@ -154,23 +171,24 @@ DECLARE
   j jobs%ROWTYPE;
   wallet text;
   escrow text := 'escrow:' || p_job;
-  e text;
+  ids text[];
 BEGIN
   IF r IS NOT NULL THEN
     RETURN r;
   END IF;
   j := qubix_open_job(p_job);
   wallet := 'wallet:' || j.user_id;
-  PERFORM qubix_lock_accounts(ARRAY[wallet, escrow]);
   IF p_operation = 'lock_escrow' THEN
-    e := qubix_move(p_key, wallet, escrow, p_amount, 'ESCROW_LOCK', j.user_id, p_job, NULL);
+    ids := qubix_apply(p_key, p_job, NULL, ARRAY[wallet], ARRAY[escrow], ARRAY[p_amount],
+                       ARRAY['ESCROW_LOCK'], ARRAY[j.user_id]);
   ELSE
-    e := qubix_move(p_key, escrow, wallet, p_amount, 'ESCROW_RELEASE', j.user_id, p_job, NULL);
+    ids := qubix_apply(p_key, p_job, NULL, ARRAY[escrow], ARRAY[wallet], ARRAY[p_amount],
+                       ARRAY['ESCROW_RELEASE'], ARRAY[j.user_id]);
   END IF;
-  RETURN qubix_receipt(p_key, p_operation,
+  RETURN qubix_receipt(p_key, p_operation, p_hash,
     jsonb_build_object('amount', p_amount,
                        'escrow', (SELECT balance FROM accounts WHERE id = escrow)),
-    ARRAY[e], p_job, j.user_id);
+    ids, p_job, j.user_id);
 END $$;
 
 CREATE FUNCTION qubix_settle(p_key text, p_hash text, p_operation text, p_job text,
@@ -187,17 +205,21 @@ DECLARE
   cost bigint := 0;
   fee bigint := 0;
   pay bigint := 0;
-  entries text[];
+  ids text[];
 BEGIN
   IF r IS NOT NULL THEN
     RETURN r;
   END IF;
   j := qubix_open_job(p_job);
   consumer := 'wallet:' || j.user_id;
+  SELECT balance INTO held FROM accounts WHERE id = escrow;
+  IF NOT FOUND THEN
+    PERFORM qubix_fail('QX002', format('no ledger account %L', escrow),
+                       jsonb_build_object('account', escrow));
+  END IF;
   IF p_operation = 'refund' THEN
-    PERFORM qubix_lock_accounts(ARRAY[consumer, escrow]);
-    SELECT balance INTO held FROM accounts WHERE id = escrow;
-    entries := ARRAY[qubix_move(p_key, escrow, consumer, held, 'REFUND', j.user_id, p_job, NULL)];
+    ids := qubix_apply(p_key, p_job, NULL, ARRAY[escrow], ARRAY[consumer], ARRAY[held],
+                       ARRAY['REFUND'], ARRAY[j.user_id]);
     r := jsonb_build_object('refund', held);
   ELSE
     IF j.provider_id IS NULL OR j.price_per_hour IS NULL THEN
@@ -206,17 +228,17 @@ BEGIN
         jsonb_build_object('job_id', p_job));
     END IF;
     SELECT user_id INTO owner FROM providers WHERE id = j.provider_id;
-    PERFORM qubix_lock_accounts(ARRAY[consumer, 'wallet:' || owner, 'platform:fees', escrow]);
-    SELECT balance INTO held FROM accounts WHERE id = escrow;
     -- ceil(price × seconds / 3600) in exact arithmetic, capped at the escrow; the fee rounds
     -- down so rounding favours the provider (the same rule as market.money.split_charge).
     cost := least(ceil(j.price_per_hour::numeric * p_seconds / 3600), held)::bigint;
     fee := floor(cost::numeric * p_fee_bps / 10000)::bigint;
     pay := cost - fee;
-    entries := ARRAY[
-      qubix_move(p_key, escrow, 'wallet:' || owner, pay, 'EARNING', owner, p_job, NULL),
-      qubix_move(p_key, escrow, 'platform:fees', fee, 'FEE', NULL, p_job, NULL),
-      qubix_move(p_key, escrow, consumer, held - cost, 'ESCROW_RELEASE', j.user_id, p_job, NULL)];
+    ids := qubix_apply(p_key, p_job, NULL,
+      ARRAY[escrow, escrow, escrow],
+      ARRAY['wallet:' || owner, 'platform:fees', consumer],
+      ARRAY[pay, fee, held - cost],
+      ARRAY['EARNING', 'FEE', 'ESCROW_RELEASE'],
+      ARRAY[owner, NULL, j.user_id]);
     r := jsonb_build_object('cost', cost, 'provider', pay, 'fee', fee, 'refund', held - cost);
   END IF;
   UPDATE jobs SET status = p_final_status, actual_cost = cost, completed_at = now(),
@@ -226,7 +248,7 @@ BEGIN
     UPDATE providers SET total_jobs = total_jobs + 1, total_earnings = total_earnings + pay
     WHERE id = j.provider_id;
   END IF;
-  RETURN qubix_receipt(p_key, p_operation, r, entries, p_job, j.user_id);
+  RETURN qubix_receipt(p_key, p_operation, p_hash, r, ids, p_job, j.user_id);
 END $$;
 """
 DROP_FUNCTIONS = [
@@ -234,9 +256,8 @@ DROP_FUNCTIONS = [
     "qubix_escrow(text, text, text, text, bigint)",
     "qubix_transfer(text, text, text, text, bigint, text)",
     "qubix_open_job(text)",
-    "qubix_move(text, text, text, bigint, text, text, text, text)",
-    "qubix_lock_accounts(text[])",
-    "qubix_receipt(text, text, jsonb, text[], text, text)",
+    "qubix_apply(text, text, text, text[], text[], bigint[], text[], text[])",
+    "qubix_receipt(text, text, text, jsonb, text[], text, text)",
     "qubix_claim(text, text, text)",
     "qubix_fail(text, text, jsonb)",
 ]
@@ -578,6 +599,8 @@ def upgrade() -> None:
             ["idempotency_keys.key"],
             name=op.f("fk_transactions_idempotency_key_idempotency_keys"),
             ondelete="RESTRICT",
+            deferrable=True,
+            initially="DEFERRED",
         ),
         sa.ForeignKeyConstraint(
             ["job_id"], ["jobs.id"], name=op.f("fk_transactions_job_id_jobs"), ondelete="RESTRICT"
@@ -590,21 +613,14 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_transactions")),
     )
-    op.create_index(
-        op.f("ix_transactions_credit_account_id"),
-        "transactions",
-        ["credit_account_id"],
-        unique=False,
-    )
-    op.create_index(
-        op.f("ix_transactions_debit_account_id"), "transactions", ["debit_account_id"], unique=False
-    )
-    op.create_index(
-        op.f("ix_transactions_idempotency_key"), "transactions", ["idempotency_key"], unique=False
-    )
     op.create_index(op.f("ix_transactions_job_id"), "transactions", ["job_id"], unique=False)
     op.create_index(
-        op.f("ix_transactions_qubic_tx_hash"), "transactions", ["qubic_tx_hash"], unique=False
+        op.f("ix_transactions_qubic_tx_hash"),
+        "transactions",
+        ["qubic_tx_hash"],
+        unique=False,
+        postgresql_where=sa.text("qubic_tx_hash IS NOT NULL"),
+        sqlite_where=sa.text("qubic_tx_hash IS NOT NULL"),
     )
     op.create_index(
         op.f("ix_transactions_user_id_created_at"),
@@ -636,9 +652,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_transactions_user_id_created_at"), table_name="transactions")
     op.drop_index(op.f("ix_transactions_qubic_tx_hash"), table_name="transactions")
     op.drop_index(op.f("ix_transactions_job_id"), table_name="transactions")
-    op.drop_index(op.f("ix_transactions_idempotency_key"), table_name="transactions")
-    op.drop_index(op.f("ix_transactions_debit_account_id"), table_name="transactions")
-    op.drop_index(op.f("ix_transactions_credit_account_id"), table_name="transactions")
 
     op.drop_table("transactions")
     op.drop_index(op.f("ix_accounts_user_id"), table_name="accounts")
