@@ -1,0 +1,97 @@
+"""The ``qubix`` command: demo, schema upgrades, wallet creation and clear errors."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qubix_jupyter.cli import main
+from qubix_jupyter.db import migrate
+from qubix_jupyter.db.pg_cluster import PgCluster
+from qubix_jupyter.settlement.identity import is_valid_identity
+
+
+def test_demo_runs_the_money_path_on_sqlite(capsys: pytest.CaptureFixture[str]):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "all five invariants hold" in out
+    assert "SchnorrQ signature verified: True" in out
+    assert "credited 1×" in out  # the deposit seen by two scans was credited once
+    assert "payout paid" in out
+    assert "VIOLATION" not in out
+
+
+def test_demo_runs_on_postgresql(pg_cluster: PgCluster, capsys: pytest.CaptureFixture[str]):
+    url = pg_cluster.create_database("cli_demo")
+    try:
+        assert main(["demo", "--database-url", url]) == 0
+    finally:
+        pg_cluster.drop_database("cli_demo")
+    assert "all five invariants hold" in capsys.readouterr().out
+
+
+def test_db_upgrade_and_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    assert main(["db", "current", "--database-url", url]) == 1
+    assert "needs `qubix db upgrade`" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert f"empty → {migrate.head_revision()}" in capsys.readouterr().out
+    assert main(["db", "current", "--database-url", url]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_default_database_lives_under_the_jupyter_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("QUBIX_DATABASE_URL", raising=False)
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter"))
+    assert main(["db", "upgrade"]) == 0
+    assert (tmp_path / "jupyter" / "qubix" / "qubix.db").exists()
+
+
+def test_unsupported_database_is_a_clear_error(capsys: pytest.CaptureFixture[str]):
+    assert main(["db", "upgrade", "--database-url", "mysql://localhost/x"]) == 2
+    err = capsys.readouterr().err
+    assert "unsupported database 'mysql'" in err
+    assert "Traceback" not in err
+
+
+def test_wallet_new_writes_a_private_seed_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    seed_file = tmp_path / "seed"
+    assert main(["wallet", "new", "--seed-file", str(seed_file)]) == 0
+    identity = capsys.readouterr().out.strip()
+    assert is_valid_identity(identity)
+    assert stat.S_IMODE(seed_file.stat().st_mode) == 0o600
+    assert identity not in seed_file.read_text()
+    # never overwritten
+    before = seed_file.read_text()
+    assert main(["wallet", "new", "--seed-file", str(seed_file)]) == 1
+    assert seed_file.read_text() == before
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("qubix")), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0
+    for command in ("demo", "db", "wallet"):
+        assert command in result.stdout
+
+
+def test_usage_errors_print_usage_not_a_traceback():
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("qubix")), "db", "sideways"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
