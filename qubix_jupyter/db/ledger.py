@@ -355,31 +355,7 @@ class Ledger:
         self, user_id: str, amount: int, *, idempotency_key: str, qubic_tx_hash: str | None = None
     ) -> Receipt:
         """Credit QU that arrived from outside (the chain) to a user's wallet."""
-        require_amount(amount)
-        wallet = wallet_account_id(user_id)
-
-        async def work(w: _Work) -> Receipt:
-            await w.lock([wallet, EXTERNAL_ACCOUNT_ID])
-            w.move(
-                EXTERNAL_ACCOUNT_ID,
-                wallet,
-                amount,
-                EntryType.DEPOSIT,
-                user_id=user_id,
-                qubic_tx_hash=qubic_tx_hash,
-            )
-            return Receipt(
-                "deposit",
-                w.key,
-                {"amount": amount, "balance": w.accounts[wallet].balance},
-                tuple(w.entry_ids),
-                user_id=user_id,
-            )
-
-        params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
-        native = ("qubix_transfer", {"op": "deposit", "user": user_id, "amount": amount,
-                                    "tx": qubic_tx_hash})  # fmt: skip
-        return await self._execute("deposit", idempotency_key, params, work, native)
+        return await self._transfer("deposit", user_id, amount, idempotency_key, qubic_tx_hash)
 
     async def withdraw(
         self,
@@ -395,21 +371,33 @@ class Ledger:
         ``within`` runs inside the same transaction, so a payout outbox row commits or rolls back
         together with the debit: money never leaves the ledger without a payout to send it.
         """
+        return await self._transfer(
+            "withdraw", user_id, amount, idempotency_key, qubic_tx_hash, within
+        )
+
+    async def _transfer(
+        self,
+        operation: str,
+        user_id: str,
+        amount: int,
+        key: str,
+        qubic_tx_hash: str | None,
+        within: Within | None = None,
+    ) -> Receipt:
+        """QU between a wallet and the outside world (``deposit`` in, ``withdraw`` out)."""
         require_amount(amount)
         wallet = wallet_account_id(user_id)
+        inbound = operation == "deposit"
 
         async def work(w: _Work) -> Receipt:
             await w.lock([wallet, EXTERNAL_ACCOUNT_ID])
-            w.move(
-                wallet,
-                EXTERNAL_ACCOUNT_ID,
-                amount,
-                EntryType.WITHDRAWAL,
-                user_id=user_id,
-                qubic_tx_hash=qubic_tx_hash,
+            debit, credit = (
+                (EXTERNAL_ACCOUNT_ID, wallet) if inbound else (wallet, EXTERNAL_ACCOUNT_ID)
             )
+            entry_type = EntryType.DEPOSIT if inbound else EntryType.WITHDRAWAL
+            w.move(debit, credit, amount, entry_type, user_id=user_id, qubic_tx_hash=qubic_tx_hash)
             return Receipt(
-                "withdraw",
+                operation,
                 w.key,
                 {"amount": amount, "balance": w.accounts[wallet].balance},
                 tuple(w.entry_ids),
@@ -417,9 +405,8 @@ class Ledger:
             )
 
         params = {"user_id": user_id, "amount": amount, "qubic_tx_hash": qubic_tx_hash}
-        native = ("qubix_transfer", {"op": "withdraw", "user": user_id, "amount": amount,
-                                    "tx": qubic_tx_hash})  # fmt: skip
-        return await self._execute("withdraw", idempotency_key, params, work, native, within)
+        args = {"op": operation, "user": user_id, "amount": amount, "tx": qubic_tx_hash}
+        return await self._execute(operation, key, params, work, ("qubix_transfer", args), within)
 
     # ------------------------------------------------------------------ escrow
 
@@ -434,46 +421,29 @@ class Ledger:
 
     async def lock_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
         """Move ``amount`` from the consumer's wallet into the job's escrow (may top it up)."""
-        require_amount(amount)
-        escrow = escrow_account_id(job_id)
-
-        async def work(w: _Work) -> Receipt:
-            job = await w.lock_job(job_id)
-            self._require_open(job)
-            wallet = wallet_account_id(job.user_id)
-            await w.lock([wallet, escrow])
-            w.move(
-                wallet, escrow, amount, EntryType.ESCROW_LOCK, user_id=job.user_id, job_id=job_id
-            )
-            return Receipt(
-                "lock_escrow",
-                w.key,
-                {"amount": amount, "escrow": w.accounts[escrow].balance},
-                tuple(w.entry_ids),
-                job_id=job_id,
-                user_id=job.user_id,
-            )
-
-        params = {"job_id": job_id, "amount": amount}
-        native = ("qubix_escrow", {"op": "lock_escrow", "job": job_id, "amount": amount})
-        return await self._execute("lock_escrow", idempotency_key, params, work, native)
+        return await self._escrow("lock_escrow", job_id, amount, idempotency_key)
 
     async def release_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
         """Give part of an open job's escrow back (e.g. the excess once a cheaper offer is
         assigned than the max price that was locked)."""
+        return await self._escrow("release_escrow", job_id, amount, idempotency_key)
+
+    async def _escrow(self, operation: str, job_id: str, amount: int, key: str) -> Receipt:
+        """QU between an open job's consumer wallet and its escrow, either way."""
         require_amount(amount)
         escrow = escrow_account_id(job_id)
+        locking = operation == "lock_escrow"
 
         async def work(w: _Work) -> Receipt:
             job = await w.lock_job(job_id)
             self._require_open(job)
             wallet = wallet_account_id(job.user_id)
             await w.lock([wallet, escrow])
-            w.move(
-                escrow, wallet, amount, EntryType.ESCROW_RELEASE, user_id=job.user_id, job_id=job_id
-            )
+            debit, credit = (wallet, escrow) if locking else (escrow, wallet)
+            entry_type = EntryType.ESCROW_LOCK if locking else EntryType.ESCROW_RELEASE
+            w.move(debit, credit, amount, entry_type, user_id=job.user_id, job_id=job_id)
             return Receipt(
-                "release_escrow",
+                operation,
                 w.key,
                 {"amount": amount, "escrow": w.accounts[escrow].balance},
                 tuple(w.entry_ids),
@@ -482,8 +452,8 @@ class Ledger:
             )
 
         params = {"job_id": job_id, "amount": amount}
-        native = ("qubix_escrow", {"op": "release_escrow", "job": job_id, "amount": amount})
-        return await self._execute("release_escrow", idempotency_key, params, work, native)
+        args = {"op": operation, "job": job_id, "amount": amount}
+        return await self._execute(operation, key, params, work, ("qubix_escrow", args))
 
     async def charge(
         self,
