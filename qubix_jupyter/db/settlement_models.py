@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ..settlement.backends.base import MAX_TRANSFER_AMOUNT, PayoutState
+from ..market.payouts import MAX_PAYOUT_KEY_LENGTH, MAX_TRANSFER_AMOUNT, PayoutState
 from .models import QU, Base, Timestamp, utcnow
 
 IDENTITY = String(60)  # an uppercase identity, or a lowercase transaction id
@@ -76,7 +76,7 @@ class PayoutOutbox(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    payout_key: Mapped[str] = mapped_column(String(150), unique=True)
+    payout_key: Mapped[str] = mapped_column(String(MAX_PAYOUT_KEY_LENGTH), unique=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"))
     source_identity: Mapped[str] = mapped_column(IDENTITY)
     destination_identity: Mapped[str] = mapped_column(IDENTITY)

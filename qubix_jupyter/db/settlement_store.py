@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from ..settlement.backends.base import PayoutState, PayoutStatus
+from ..market.payouts import PayoutState, PayoutStatus
 from .models import utcnow
 from .settlement_models import (
     ChainScanState,
@@ -33,21 +33,7 @@ _IN_FLIGHT = (PayoutState.SIGNED, PayoutState.BROADCAST)
 
 
 def payout_status(row: PayoutOutbox) -> PayoutStatus:
-    return PayoutStatus(
-        payout_key=row.payout_key,
-        user_id=row.user_id,
-        destination=row.destination_identity,
-        amount=row.amount,
-        state=PayoutState(row.status),
-        attempts=row.attempts,
-        delayed=row.delayed,
-        tx_id=row.tx_id,
-        target_tick=row.target_tick,
-        confirmed_tick=row.confirmed_tick,
-        last_error=row.last_error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return PayoutStatus.from_record(row)
 
 
 def _insert(session: AsyncSession):  # type: ignore[no-untyped-def]

@@ -53,7 +53,7 @@ def _backend(database: Database, fake: FakeQubicRpc, **options: object) -> Qubic
     options.setdefault("tick_offset", OFFSET)
     return QubicBackend(
         database.ledger,
-        database.sessionmaker,
+        SettlementStore(database.sessionmaker),
         rpc,
         platform_seed=PLATFORM_SEED,
         deposit_seed=DEPOSIT_SECRET,
@@ -96,7 +96,7 @@ async def test_make_backend_builds_a_configured_qubic_backend(
     backend = make_backend(
         "qubic",
         ledger=database.ledger,
-        sessionmaker=database.sessionmaker,
+        store=SettlementStore(database.sessionmaker),
         live_url=fake.live_url,
         query_url=fake.query_url,
         platform_seed=PLATFORM_SEED,
@@ -119,7 +119,21 @@ async def test_the_qubic_backend_refuses_to_start_half_configured(
     database: Database, config: dict, field: str
 ) -> None:
     with pytest.raises(SettlementNotConfigured, match=field):
-        make_backend("qubic", ledger=database.ledger, sessionmaker=database.sessionmaker, **config)
+        make_backend(
+            "qubic", ledger=database.ledger, store=SettlementStore(database.sessionmaker), **config
+        )
+
+
+async def test_the_qubic_backend_needs_its_store_passed_in(database: Database) -> None:
+    # settlement imports no database code: the caller composes backend and store
+    with pytest.raises(SettlementNotConfigured, match="store=SettlementStore"):
+        make_backend(
+            "qubic",
+            ledger=database.ledger,
+            sessionmaker=database.sessionmaker,
+            rpc_url="http://127.0.0.1:9",
+            platform_seed=PLATFORM_SEED,
+        )
 
 
 def test_deposit_seeds_are_stable_distinct_and_valid() -> None:
@@ -267,7 +281,8 @@ async def test_without_a_deposit_seed_identities_must_be_assigned(
     database: Database, fake: FakeQubicRpc
 ) -> None:
     rpc = QubicRpcClient(fake.live_url, fake.query_url, retry=FAST)
-    backend = QubicBackend(database.ledger, database.sessionmaker, rpc, platform_seed=PLATFORM_SEED)
+    store = SettlementStore(database.sessionmaker)
+    backend = QubicBackend(database.ledger, store, rpc, platform_seed=PLATFORM_SEED)
     alice = await _user(database, "alice")
     with pytest.raises(SettlementNotConfigured, match="deposit_seed"):
         await backend.deposit_identity_for(alice)
@@ -584,7 +599,7 @@ async def test_a_signed_payout_survives_a_database_restart(
         rpc = QubicRpcClient(fake.live_url, fake.query_url, retry=FAST)
         after = QubicBackend(
             Ledger(sessionmaker),
-            sessionmaker,
+            SettlementStore(sessionmaker),
             rpc,
             platform_seed=PLATFORM_SEED,
             tick_offset=OFFSET,

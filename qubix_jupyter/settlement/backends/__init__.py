@@ -19,6 +19,7 @@ from .base import (
     UnknownPayout,
 )
 from .memory import MemoryBackend, SimulatedChain
+from .qubic import QubicBackend
 
 BACKENDS = ("memory", "qubic")
 
@@ -27,15 +28,16 @@ def make_backend(name: str = "memory", **config: Any) -> SettlementBackend:
     """Build the backend called ``name`` from keyword configuration.
 
     ``memory``: ``ledger`` plus the options of :class:`MemoryBackend`.
-    ``qubic``: ``ledger``, ``sessionmaker``, ``live_url``, ``query_url`` (or ``rpc``),
+    ``qubic``: ``ledger``, ``store``, ``live_url``, ``query_url`` (or ``rpc_url``, or ``rpc``),
     ``platform_seed`` plus the options of :class:`~.qubic.QubicBackend`.
+
+    Settlement imports no database code: the caller (the composition root: the server extension,
+    the CLI, a test) builds the ``ledger`` and the ``store``
+    (``qubix_jupyter.db.settlement_store.SettlementStore(sessionmaker)``) and passes them in.
     """
     if name == "memory":
         return MemoryBackend(**config)
     if name == "qubic":
-        # Imported here: it pulls in the database layer, which imports this package's base.
-        from .qubic import QubicBackend
-
         return QubicBackend.from_config(**config)
     raise SettlementNotConfigured(
         f"unknown settlement backend {name!r}; choose one of {', '.join(BACKENDS)}",
@@ -51,6 +53,7 @@ __all__ = [
     "MemoryBackend",
     "PayoutState",
     "PayoutStatus",
+    "QubicBackend",
     "SettlementBackend",
     "SettlementError",
     "SettlementNotConfigured",

@@ -8,15 +8,10 @@ A backend owns two flows, both in integer QU:
   one database transaction; :meth:`SettlementBackend.process_payouts` moves queued payouts onto
   the chain and confirms them; :meth:`SettlementBackend.payout_status` tells the user where it is.
 
-Payout states (one table, :data:`PAYOUT_TRANSITIONS`)::
-
-    queued ──sign──▶ signed ──broadcast ok──▶ broadcast ──archive shows moneyFlew──▶ confirmed
-      ▲                │                         │
-      └── not included by its target tick / included without moving money ──┘
-    (any non-terminal) ──too many misses──▶ failed (the debit is refunded)
-
-``delayed`` is a flag beside the state: the chain could not be reached on the last try, the
-payout waits in the queue and the user sees "payment delayed".
+The payout domain — :class:`PayoutState`, :data:`PAYOUT_TRANSITIONS`, :class:`PayoutStatus`,
+:data:`MAX_TRANSFER_AMOUNT` — is pure and lives in :mod:`qubix_jupyter.market.payouts`, where the
+database layer reads it too; it is re-exported here so ``settlement.backends.base`` stays the one
+import for backend authors.
 """
 
 from __future__ import annotations
@@ -26,59 +21,34 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import enum
 import logging
 from typing import Any, Protocol
 
-from ...market.errors import AmountTooLarge, QubixError
-from ...market.money import require_amount
+from ...market.errors import QubixError
+from ...market.payouts import (
+    MAX_PAYOUT_KEY_LENGTH,
+    MAX_TRANSFER_AMOUNT,
+    PAYOUT_TRANSITIONS,
+    PayoutState,
+    PayoutStatus,
+    check_payout_transition,
+    require_payout_amount,
+)
 from ..identity import is_valid_identity
 from ..transaction import MAX_AMOUNT
 
 log = logging.getLogger(__name__)
 
-#: The largest amount one Qubic transaction may carry (10^15 QU).
-MAX_TRANSFER_AMOUNT = MAX_AMOUNT
-
-
-class PayoutState(enum.StrEnum):
-    QUEUED = "queued"  # debited, waiting for its turn on the source identity
-    SIGNED = "signed"  # a signed transaction is stored; broadcast not yet acknowledged
-    BROADCAST = "broadcast"  # peers accepted it; waiting for its target tick to be archived
-    CONFIRMED = "confirmed"  # the archive shows it with moneyFlew: paid
-    FAILED = "failed"  # given up after max misses; the wallet debit was refunded
-
-    @property
-    def terminal(self) -> bool:
-        return self in (PayoutState.CONFIRMED, PayoutState.FAILED)
-
-    @property
-    def in_flight(self) -> bool:
-        """A transaction of this payout may still be included: nothing else may be signed."""
-        return self in (PayoutState.SIGNED, PayoutState.BROADCAST)
-
-
-#: from → allowed next states.
-PAYOUT_TRANSITIONS: dict[PayoutState, frozenset[PayoutState]] = {
-    PayoutState.QUEUED: frozenset({PayoutState.SIGNED, PayoutState.FAILED}),
-    PayoutState.SIGNED: frozenset(
-        {PayoutState.BROADCAST, PayoutState.QUEUED, PayoutState.CONFIRMED, PayoutState.FAILED}
-    ),
-    PayoutState.BROADCAST: frozenset(
-        {PayoutState.CONFIRMED, PayoutState.QUEUED, PayoutState.FAILED}
-    ),
-    PayoutState.CONFIRMED: frozenset(),
-    PayoutState.FAILED: frozenset(),
-}
+# market cannot import settlement, so it states the protocol's limit itself; the two must agree.
+if MAX_TRANSFER_AMOUNT != MAX_AMOUNT:  # pragma: no cover - a build that fails loudly
+    raise ImportError(
+        f"market.payouts.MAX_TRANSFER_AMOUNT ({MAX_TRANSFER_AMOUNT}) differs from the Qubic "
+        f"transaction limit MAX_AMOUNT ({MAX_AMOUNT})"
+    )
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def check_payout_transition(current: PayoutState, target: PayoutState) -> None:
-    if target not in PAYOUT_TRANSITIONS[current]:
-        raise RuntimeError(f"a {current.value} payout cannot become {target.value}")
 
 
 class SettlementError(QubixError):
@@ -108,54 +78,6 @@ class ChainUnavailable(SettlementError):
 
     code = "chain_unavailable"
     status = 503
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PayoutStatus:
-    """What a user (and the operator) may know about one payout."""
-
-    payout_key: str
-    user_id: str
-    destination: str
-    amount: int
-    state: PayoutState
-    attempts: int  # transactions signed for it so far
-    delayed: bool
-    tx_id: str | None = None  # the current (or confirming) transaction
-    target_tick: int | None = None
-    confirmed_tick: int | None = None
-    last_error: str | None = None
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
-
-    @property
-    def display(self) -> str:
-        """The word the UI shows."""
-        if self.state is PayoutState.CONFIRMED:
-            return "paid"
-        if self.state is PayoutState.FAILED:
-            return "failed (refunded)"
-        if self.delayed:
-            return "payment delayed"
-        return "sending" if self.state.in_flight else "queued"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "payoutKey": self.payout_key,
-            "userId": self.user_id,
-            "destination": self.destination,
-            "amount": self.amount,
-            "state": self.state.value,
-            "status": self.display,
-            "attempts": self.attempts,
-            "delayed": self.delayed,
-            "txId": self.tx_id,
-            "targetTick": self.target_tick,
-            "confirmedTick": self.confirmed_tick,
-            "lastError": self.last_error,
-            "createdAt": self.created_at.isoformat() if self.created_at else None,
-            "updatedAt": self.updated_at.isoformat() if self.updated_at else None,
-        }
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,15 +132,11 @@ def refund_idempotency_key(payout_key: str) -> str:
 
 
 def validate_payout(payout_key: str, destination: str, amount: int) -> None:
-    if not isinstance(payout_key, str) or not 0 < len(payout_key) <= 150:
-        raise SettlementError("a payout key is 1 to 150 characters", field="payout_key")
-    require_amount(amount)
-    if amount > MAX_TRANSFER_AMOUNT:
-        raise AmountTooLarge(
-            f"one Qubic transfer carries at most {MAX_TRANSFER_AMOUNT} QU",
-            field="amount",
-            max=MAX_TRANSFER_AMOUNT,
+    if not isinstance(payout_key, str) or not 0 < len(payout_key) <= MAX_PAYOUT_KEY_LENGTH:
+        raise SettlementError(
+            f"a payout key is 1 to {MAX_PAYOUT_KEY_LENGTH} characters", field="payout_key"
         )
+    require_payout_amount(amount)
     if not is_valid_identity(destination):
         raise InvalidDestination(
             "the destination is not a valid Qubic identity (60 letters A-Z with checksum)",
@@ -306,6 +224,7 @@ class SettlementBackend(abc.ABC):
 
 
 __all__ = [
+    "MAX_PAYOUT_KEY_LENGTH",
     "MAX_TRANSFER_AMOUNT",
     "PAYOUT_TRANSITIONS",
     "ChainStatus",

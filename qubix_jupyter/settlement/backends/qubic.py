@@ -23,21 +23,26 @@ the ``payout_outbox``:
 Only one transaction from the platform wallet is in flight at a time (Qubic's one pending
 transaction per source), across processes. While the RPC is unreachable payouts stay queued and
 are retried on the next round (each RPC call itself retries transient failures 3 times).
+
+The backend reaches the database only through the ``store`` it is given (the payout outbox,
+deposit addresses and scan state; :class:`SettlementStorePort` says what it needs), so this layer
+imports no database code. The caller composes the two, e.g.
+``make_backend("qubic", ledger=Ledger(sm), store=SettlementStore(sm), ...)`` with
+``qubix_jupyter.db.settlement_store.SettlementStore``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import logging
-from typing import Any
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from ...db.models import utcnow
-from ...db.settlement_models import PayoutOutbox
-from ...db.settlement_store import SettlementStore, payout_status
 from ...market.errors import IdempotencyConflict, QubixError
+from ...market.payouts import PayoutRecord
 from ..identity import is_valid_identity, public_key_from_identity
 from ..keys import InvalidSeed, KeyPair
 from ..rpc import (
@@ -64,10 +69,83 @@ from .base import (
     deposit_idempotency_key,
     payout_idempotency_key,
     refund_idempotency_key,
+    utcnow,
     validate_payout,
 )
 
 log = logging.getLogger(__name__)
+
+
+class PayoutRow(PayoutRecord, Protocol):
+    """One stored payout (a ``payout_outbox`` row) as the backend reads and changes it inside a
+    store transaction; its changes are committed when the transaction ends."""
+
+    id: int
+    misses: int
+    signed_tx: bytes | None
+    confirmed_at: dt.datetime | None
+
+
+class DepositAddressRow(Protocol):
+    user_id: str
+    identity: str
+    start_tick: int
+
+
+class SettlementStorePort(Protocol):
+    """What the backend needs of its persistence
+    (:class:`qubix_jupyter.db.settlement_store.SettlementStore`). ``session`` values are opaque
+    here: the store hands them out and takes them back."""
+
+    def source_locked(self, source: str) -> AbstractAsyncContextManager[Any]: ...
+
+    async def insert_payout(
+        self,
+        session: Any,
+        *,
+        payout_key: str,
+        user_id: str,
+        source: str,
+        destination: str,
+        amount: int,
+    ) -> None: ...
+
+    async def payout(self, payout_key: str) -> PayoutRow | None: ...
+
+    async def payouts_for_user(self, user_id: str) -> Sequence[PayoutRow]: ...
+
+    async def in_flight(self, source: str, session: Any = None) -> PayoutRow | None: ...
+
+    async def next_queued(self, session: Any, source: str) -> PayoutRow | None: ...
+
+    async def reload(self, session: Any, payout_id: int) -> PayoutRow: ...
+
+    def add_attempt(self, session: Any, payout: PayoutRow) -> None: ...
+
+    async def resolve_attempt(self, session: Any, tx_id: str, outcome: str) -> None: ...
+
+    async def attempt_outcome(self, session: Any, tx_id: str) -> str | None: ...
+
+    async def mark_delayed(self, source: str, error: str) -> Sequence[PayoutRow]: ...
+
+    async def clear_queued_delays(self, source: str) -> None: ...
+
+    async def deposit_address(self, user_id: str) -> DepositAddressRow | None: ...
+
+    async def add_deposit_address(
+        self, user_id: str, identity: str, start_tick: int
+    ) -> DepositAddressRow: ...
+
+    async def deposit_addresses(self) -> Sequence[DepositAddressRow]: ...
+
+    async def scan_position(self, identity: str) -> int | None: ...
+
+    async def set_scan_position(self, identity: str, tick: int) -> None: ...
+
+
+def payout_status(row: PayoutRecord) -> PayoutStatus:
+    return PayoutStatus.from_record(row)
+
 
 _SEED_ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 _SEED_LENGTH = 55
@@ -116,7 +194,7 @@ class QubicBackend(SettlementBackend):
     def __init__(
         self,
         ledger: LedgerPort,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        store: SettlementStorePort,
         rpc: QubicRpcClient,
         *,
         platform_seed: str | None = None,
@@ -138,7 +216,7 @@ class QubicBackend(SettlementBackend):
                 raise SettlementNotConfigured("unusable deposit seed") from exc
         self.ledger = ledger
         self.rpc = rpc
-        self.store = SettlementStore(sessionmaker)
+        self.store = store
         self.platform_identity = self._wallet.identity
         self._deposit_seed = deposit_seed
         self.tick_offset = tick_offset
@@ -152,7 +230,7 @@ class QubicBackend(SettlementBackend):
         cls,
         *,
         ledger: LedgerPort,
-        sessionmaker: async_sessionmaker[AsyncSession],
+        store: SettlementStorePort | None = None,
         rpc: QubicRpcClient | None = None,
         rpc_url: str | None = None,
         live_url: str | None = None,
@@ -164,6 +242,12 @@ class QubicBackend(SettlementBackend):
     ) -> QubicBackend:
         """Build from flat configuration: either ``rpc``, or ``rpc_url`` (a gateway serving both
         APIs, e.g. https://rpc.qubic.org), or ``live_url`` and ``query_url``."""
+        if store is None:
+            raise SettlementNotConfigured(
+                "the qubic backend needs store=SettlementStore(sessionmaker) "
+                "(qubix_jupyter.db.settlement_store) for its payout outbox",
+                field="store",
+            )
         _platform_wallet(options.get("platform_seed"))  # refuse before opening any connection
         if rpc is None:
             policy = RetryPolicy(retries=retries, base_delay=retry_base_delay)
@@ -174,7 +258,7 @@ class QubicBackend(SettlementBackend):
                     rpc = QubicRpcClient(live_url, query_url, timeout=timeout, retry=policy)
             except QubicRpcError as exc:
                 raise SettlementNotConfigured(str(exc), field="rpc_url") from exc
-        return cls(ledger, sessionmaker, rpc, **options)
+        return cls(ledger, store, rpc, **options)
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -284,7 +368,7 @@ class QubicBackend(SettlementBackend):
         row = await self.store.payout(payout_key)
         if row is None:
 
-            async def queue(session: AsyncSession) -> None:
+            async def queue(session: Any) -> None:
                 await self.store.insert_payout(
                     session,
                     payout_key=payout_key,
@@ -344,12 +428,12 @@ class QubicBackend(SettlementBackend):
         for row in await self.store.mark_delayed(self.platform_identity, error):
             changed[row.payout_key] = payout_status(row)
 
-    def _transition(self, row: PayoutOutbox, state: PayoutState) -> None:
+    def _transition(self, row: PayoutRow, state: PayoutState) -> None:
         check_payout_transition(PayoutState(row.status), state)
         row.status = state
         row.updated_at = utcnow()
 
-    async def _follow_up(self, active: PayoutOutbox, tick: int, changed: dict) -> bool:
+    async def _follow_up(self, active: PayoutRow, tick: int, changed: dict) -> bool:
         """Move the in-flight payout on; True when the source is free for the next one."""
         # in flight ⇒ signed: the table's check constraint guarantees both
         assert active.target_tick is not None
@@ -435,7 +519,7 @@ class QubicBackend(SettlementBackend):
                 return
             await self._fail_and_refund(failing, changed)
 
-    async def _broadcast(self, row: PayoutOutbox, changed: dict) -> None:
+    async def _broadcast(self, row: PayoutRow, changed: dict) -> None:
         assert row.signed_tx is not None
         error: str | None = None
         acknowledged = rejected = False
@@ -468,7 +552,7 @@ class QubicBackend(SettlementBackend):
                     await self.store.resolve_attempt(session, row.tx_id or "", "rejected")
             changed[current.payout_key] = payout_status(current)
 
-    async def _fail_and_refund(self, row: PayoutOutbox, changed: dict) -> None:
+    async def _fail_and_refund(self, row: PayoutRow, changed: dict) -> None:
         # Refund first, then mark failed: a crash in between leaves the payout queued with its
         # misses used up, and the next round repeats the (idempotent) refund and then fails it.
         await self.ledger.deposit(
