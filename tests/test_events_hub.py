@@ -11,8 +11,11 @@ import heapq
 import itertools
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -929,3 +932,24 @@ def test_heartbeat_policy_gives_the_handler_valid_tornado_settings() -> None:
     for bad in ({"ping_timeout": 30.0}, {"ping_interval": 0.0}, {"ping_timeout": 0.0}):
         with pytest.raises(ValueError, match="ping_timeout"):
             HeartbeatPolicy(**bad)
+
+
+# ------------------------------------------------------------------ the benchmark still runs
+
+
+def test_the_fanout_benchmark_prints_one_json_line_of_figures() -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ws_fanout.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--subscribers", "200", "--rounds", "2"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    [line] = out.splitlines()
+    result = json.loads(line)
+    assert result["subscribers"] == 200
+    for side in ("hub", "baseline"):
+        assert result[side]["deliveries"] == 200 * 4
+        assert {"p50_ms", "p99_ms", "bytes_per_subscriber"} <= set(result[side])
+    assert result["hub"]["encodings_per_broadcast"] == 1
