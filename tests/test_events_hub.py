@@ -454,6 +454,10 @@ async def test_a_replay_larger_than_the_queue_is_a_resync_not_a_disconnect() -> 
     assert [f["type"] for f in frames] == ["RESYNC", "SUBSCRIBED"]
     assert frames[0]["data"]["reason"] == "too_far_behind"
     assert not sub.closed
+    # a replay that fits is sent, even into a queue that is nearly full
+    sub = hub.connect("u1", max_queue=10)
+    await sub.subscribe("job:a", since_seq=hub.seq - 8)
+    assert sub.pending == 9
 
 
 CLIENTS = (
@@ -694,6 +698,41 @@ async def test_other_types_are_never_merged_and_flush_pending_updates_first() ->
         "PROVIDER_STATUS_CHANGED",
     ]
     assert market[1]["data"] == online
+
+
+async def test_a_merged_update_json_cannot_hold_is_refused_at_publish() -> None:
+    time = FakeTime()
+    hub = make_hub(time)
+    sub = hub.connect(None)
+    await sub.subscribe(MARKETPLACE)
+    hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", {"providers": [{"workerId": "a"}]})
+    with pytest.raises(InvalidEvent):
+        hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", {"providers": [{"workerId": "b", "x": {1}}]})
+    hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", {"providers": [{"workerId": "c"}]})
+    hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {"workerId": "d"})  # flushes first
+    frames = events(drain(sub))
+    assert [f["type"] for f in frames] == [
+        "MARKETPLACE_UPDATE",
+        "MARKETPLACE_UPDATE",
+        "PROVIDER_REGISTERED",
+    ]
+    assert frames[1]["data"] == {"providers": [{"workerId": "c"}]}
+
+
+def test_coalescing_without_a_loop_or_timer_fails_loudly_and_keeps_no_window() -> None:
+    hub = EventHub()
+    update = {"providers": [{"workerId": "a"}]}
+    head = hub.seq
+    with pytest.raises(RuntimeError):
+        hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", update)
+    assert hub.seq == head
+    assert hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {}) == head + 1
+    # with a timer it works outside a loop too
+    time = FakeTime()
+    hub = make_hub(time)
+    assert hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", update) is not None
+    assert hub.publish(MARKETPLACE, "MARKETPLACE_UPDATE", update) is None
+    assert hub.flush() == 1
 
 
 async def test_coalesce_interval_zero_sends_each_update() -> None:

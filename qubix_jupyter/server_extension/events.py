@@ -283,6 +283,8 @@ class Subscription:
             hub._push_one(
                 self, key, hub._control(EventType.SUBSCRIBED, parsed, {"since": since_seq})
             )
+        if self.closed:  # the replay or its acknowledgement overflowed the queue
+            raise SubscriptionClosed(self.close_reason)  # type: ignore[arg-type]
         return hub.seq
 
     def _check_can_add(self, channel: Channel) -> None:
@@ -321,8 +323,13 @@ class Subscription:
         self._hub._connections.pop(self, None)
         self._wake()
         task = self._task
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
+        if task is not None and not task.done():
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:  # closed from outside the loop (shutdown)
+                current = None
+            if task is not current:
+                task.cancel()
         if notify and self._on_close is not None:
             try:
                 self._on_close(reason)
@@ -537,12 +544,17 @@ class EventHub:
             if self.coalesce_interval > 0:
                 state = self._coalescing.get(key)
                 if state is not None:
+                    try:  # refuse now what the merged frame could not encode later
+                        self._dumps(data)
+                    except (TypeError, ValueError) as exc:
+                        raise InvalidEvent(f"event data is not JSON: {exc}") from None
                     if state.merge is None:
                         state.merge = MarketplaceMerge()
                     state.merge.add(data)
                     return None
+                call_later = self._timer()
                 seq = self._broadcast(key, parsed, kind, data)
-                self._start_interval(key, parsed)
+                self._start_interval(key, parsed, call_later)
                 return seq
         else:
             state = self._coalescing.get(key)
@@ -559,10 +571,15 @@ class EventHub:
                 sent += 1
         return sent
 
-    def _start_interval(self, key: _Key, channel: Channel) -> None:
+    def _timer(self) -> Callable[[float, Callable[[], None]], Any]:
+        """``call_later`` for the coalescing window; RuntimeError outside a running loop."""
+        return self._call_later or asyncio.get_running_loop().call_later
+
+    def _start_interval(
+        self, key: _Key, channel: Channel, call_later: Callable[[float, Callable[[], None]], Any]
+    ) -> None:
         state = _Coalescing(channel)
         self._coalescing[key] = state
-        call_later = self._call_later or asyncio.get_running_loop().call_later
         state.handle = call_later(self.coalesce_interval, lambda: self._interval_over(key, state))
 
     def _interval_over(self, key: _Key, state: _Coalescing) -> None:
@@ -570,14 +587,9 @@ class EventHub:
             return
         del self._coalescing[key]
         if state.merge is not None:
-            try:
-                self._broadcast(
-                    key, state.channel, EventType.MARKETPLACE_UPDATE, state.merge.result()
-                )
-            except Exception:
-                log.exception("a coalesced MARKETPLACE_UPDATE could not be sent")
-                return
-            self._start_interval(key, state.channel)
+            # every merged payload encoded alone, so the merged one encodes too
+            self._broadcast(key, state.channel, EventType.MARKETPLACE_UPDATE, state.merge.result())
+            self._start_interval(key, state.channel, self._timer())
 
     def _flush_pending(self, key: _Key, state: _Coalescing) -> None:
         merge, state.merge = state.merge, None
