@@ -48,6 +48,30 @@ queue is full when a frame arrives is closed with :data:`SLOW_CONSUMER` (its que
 
 Everything runs on one asyncio loop: call :meth:`EventHub.publish` from that loop's thread (from
 another thread use ``loop.call_soon_threadsafe(hub.publish, …)``).
+
+What the WebSocket handler does (checked against tornado 6.6 over a loopback socket):
+
+* ``open``: authenticate (bearer token → user id) first, then ``self.sub = hub.connect(user_id,
+  send=self.write_message, on_close=lambda r: self.close(r.code, r.reason))``. ``write_message``
+  returns a future that resolves once the frame is in the socket buffer, so a stalled socket
+  stalls only this connection's task and then overflows its queue (SLOW_CONSUMER); a closed one
+  raises, which ends it with SEND_FAILED.
+* ``async on_message``: ``{"type": "subscribe", "channel": c, "sinceSeq": n?}`` →
+  ``await self.sub.subscribe(c, authorize=owns, since_seq=n)``; ``{"type": "unsubscribe",
+  "channel": c}`` → ``self.sub.unsubscribe(c)``. A :class:`QubixError` (InvalidChannel 422,
+  ChannelForbidden 403, TooManyChannels 429, InvalidEvent 422 for a bad ``sinceSeq``) is
+  answered with one frame carrying ``exc.to_body()`` (e.g. ``{"type": "ERROR", "channel": c,
+  "error": {…}}``) and the socket stays open. tornado runs a coroutine ``on_message`` to the end
+  before the next message, so one connection's subscribes happen in order. ``owns(user_id,
+  channel)`` looks up whether ``channel.id`` is the user's provider (``provider``) or job
+  (consumer or its provider, ``job``).
+* ``on_close``: ``self.sub.close()``.
+* Heartbeat: ``ping_interval``, ``ping_timeout`` and ``max_message_size`` properties that return
+  :class:`HeartbeatPolicy`'s values (Jupyter server owns the tornado settings, so override the
+  properties rather than set ``websocket_ping_*``); ``qubix serve`` may pass
+  :meth:`HeartbeatPolicy.tornado_settings` to its application instead. A peer that stops
+  answering pings (or stops reading) is closed within ``dead_after`` seconds.
+* At server shutdown: ``hub.close()`` (every connection gets 1001 going_away).
 """
 
 from __future__ import annotations
