@@ -1,0 +1,225 @@
+"""The marketplace in SQL: search the listing, register a worker once, let owners edit their offer.
+
+Each function works inside the caller's session and transaction. What a search means is defined
+in plain Python by ``market.marketplace.MarketplaceQuery``; :func:`search_providers` is that
+definition as one SQL query (plus one count when the page does not tell the total).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, func, select, true
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..market.errors import UnknownUser
+from ..market.marketplace import (
+    Forbidden,
+    InvalidOffer,
+    MarketplaceQuery,
+    UnknownProvider,
+    WorkerIdTaken,
+    hardware_from_gpu_info,
+    host_fields,
+    require_location,
+    require_name,
+    require_price,
+    require_worker_id,
+)
+from ..market.states import ProviderType
+from .models import Provider, User, new_id, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a search and the number of offers that match it on all pages."""
+
+    items: list[Provider]
+    total: int
+    offset: int
+    limit: int
+
+
+def _conditions(query: MarketplaceQuery) -> list[ColumnElement[bool]]:
+    # ``col = true`` rather than ``col IS true``: only the former can use an index on PostgreSQL.
+    where = [Provider.is_listed == true()]
+    if query.availability == "available":
+        where += [Provider.is_online == true(), Provider.is_available == true()]
+    if query.folded_models:
+        where.append(func.lower(Provider.gpu_model).in_(query.folded_models))
+    if query.min_vram is not None:
+        where.append(Provider.gpu_vram >= query.min_vram)
+    if query.max_price is not None:
+        where.append(Provider.price_per_hour <= query.max_price)
+    if query.locations:
+        where.append(Provider.location.in_(query.locations))
+    return where
+
+
+def _order(query: MarketplaceQuery) -> list[Any]:
+    """SQL for ``query.sort_key``; every order ends in the primary key."""
+    price = Provider.price_per_hour.asc()
+    perf = Provider.performance_tflops.desc().nulls_last()
+    if query.sort_by == "price":
+        return [price, perf, Provider.id]
+    if query.sort_by == "performance":
+        return [perf, price, Provider.id]
+    if query.availability == "available":
+        # Every result is online and available: the rank is constant, and without it the
+        # order is one an index on price can give.
+        return [price, Provider.id]
+    rank = case(
+        (Provider.is_online == true(), case((Provider.is_available == true(), 0), else_=1)),
+        else_=2,
+    )
+    return [rank, price, Provider.id]
+
+
+async def search_providers(session: AsyncSession, query: MarketplaceQuery) -> Page:
+    """The listed offers that match ``query``, in its order, one page of them, and their total."""
+    where = _conditions(query)
+    stmt = select(Provider).where(*where).order_by(*_order(query))
+    items = list((await session.scalars(stmt.offset(query.offset).limit(query.limit))).all())
+    if len(items) < query.limit and (items or query.offset == 0):
+        total = query.offset + len(items)  # the last page: it tells the total by itself
+    else:
+        count = select(func.count()).select_from(Provider).where(*where)
+        total = (await session.execute(count)).scalar_one()
+    return Page(items=items, total=total, offset=query.offset, limit=query.limit)
+
+
+# --------------------------------------------------------------------------------- registration
+
+
+async def _locked(session: AsyncSession, stmt: Any) -> Provider | None:
+    return (await session.scalars(stmt.with_for_update())).one_or_none()
+
+
+def _insert_once(session: AsyncSession, values: dict[str, Any]) -> Any:
+    """INSERT … ON CONFLICT (worker_id) DO NOTHING RETURNING the row, in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    insert: Any = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
+    return (
+        insert(Provider)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=[Provider.worker_id])
+        .returning(Provider)
+    )
+
+
+async def quick_register(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    worker_id: str,
+    provider_type: ProviderType | str,
+    gpu: dict[str, Any],
+    cpu_model: str,
+    cpu_cores: int,
+    ram_total: float,
+    price_per_hour: int,
+    name: str | None = None,
+    location: str | None = None,
+) -> tuple[Provider, bool]:
+    """Register ``worker_id`` as ``user_id``'s provider, once (seed Property 2).
+
+    A first registration creates a listed, offline provider and returns ``(provider, True)``.
+    Registering the same worker again returns the same provider and ``False``: it refreshes what
+    the machine reports (type, GPU, host) and lists the offer again, but keeps what the owner
+    chose (price, name, location: change those with :func:`update_provider`). A worker that
+    belongs to another user is :class:`WorkerIdTaken` (409). Concurrent registrations of one
+    worker make one row: the insert skips on the unique ``worker_id`` and the loser re-reads.
+    """
+    worker_id = require_worker_id(worker_id)
+    reported: dict[str, Any] = {
+        "type": ProviderType(provider_type),
+        **hardware_from_gpu_info(gpu),
+        **host_fields(cpu_model=cpu_model, cpu_cores=cpu_cores, ram_total=ram_total),
+    }
+    chosen = {
+        "price_per_hour": require_price(price_per_hour),
+        "name": require_name(name),
+        "location": require_location(location),
+    }
+    user = await session.get(User, user_id)
+    if user is None:
+        raise UnknownUser(f"no user {user_id!r}", user_id=user_id)
+
+    by_worker = select(Provider).where(Provider.worker_id == worker_id)
+    provider = await _locked(session, by_worker)
+    if provider is None:
+        values = {
+            "id": new_id(),
+            "worker_id": worker_id,
+            "user_id": user_id,
+            "qubic_address": user.qubic_address,
+            "registered_at": utcnow(),
+            **reported,
+            **chosen,
+        }
+        created = (await session.scalars(_insert_once(session, values))).one_or_none()
+        if created is not None:
+            return created, True
+        # Another transaction registered this worker between our read and our insert.
+        provider = await _locked(session, by_worker)
+        assert provider is not None, "ON CONFLICT skipped the insert, so the row exists"
+
+    if provider.user_id != user_id:
+        raise WorkerIdTaken(
+            f"worker {worker_id!r} is registered by another user", worker_id=worker_id
+        )
+    for column, value in reported.items():
+        setattr(provider, column, value)
+    provider.is_listed = True
+    await session.flush()
+    return provider, False
+
+
+async def _owned(session: AsyncSession, provider_id: str, user_id: str) -> Provider:
+    provider = await _locked(session, select(Provider).where(Provider.id == provider_id))
+    if provider is None:
+        raise UnknownProvider(f"no provider {provider_id!r}", provider_id=provider_id)
+    if provider.user_id != user_id:
+        raise Forbidden("this provider belongs to another user", provider_id=provider_id)
+    return provider
+
+
+async def update_provider(
+    session: AsyncSession,
+    provider_id: str,
+    user_id: str,
+    *,
+    price_per_hour: int | None = None,
+    name: str | None = None,
+    location: str | None = None,
+    is_available: bool | None = None,
+) -> Provider:
+    """The owner changes their offer; ``None`` leaves a field as it is. Not the owner:
+    :class:`Forbidden` (403); no such provider: :class:`UnknownProvider` (404)."""
+    changes: dict[str, Any] = {}
+    if price_per_hour is not None:
+        changes["price_per_hour"] = require_price(price_per_hour)
+    if name is not None:
+        changes["name"] = require_name(name)
+    if location is not None:
+        changes["location"] = require_location(location)
+    if is_available is not None:
+        if not isinstance(is_available, bool):
+            raise InvalidOffer("is_available must be true or false", field="is_available")
+        changes["is_available"] = is_available
+    provider = await _owned(session, provider_id, user_id)
+    for column, value in changes.items():
+        setattr(provider, column, value)
+    await session.flush()
+    return provider
+
+
+async def unlist_provider(session: AsyncSession, provider_id: str, user_id: str) -> Provider:
+    """The owner takes their offer off the marketplace (the row and its history stay).
+    Registering the worker again lists it again."""
+    provider = await _owned(session, provider_id, user_id)
+    provider.is_listed = False
+    await session.flush()
+    return provider
