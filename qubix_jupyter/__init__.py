@@ -1,3 +1,15 @@
 """QUBIX for Jupyter."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter server 2 finds the ``qubix`` extension here (enabled by the wheel's config file)."""
+    # Imported on demand: `import qubix_jupyter` in a kernel must not pull in the server.
+    from .server_extension.app import QubixExtension
+
+    return [{"module": "qubix_jupyter.server_extension.app", "app": QubixExtension}]

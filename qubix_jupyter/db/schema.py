@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from . import auth_models  # noqa: F401  (registers the login challenge and token tables)
-from . import settlement_models  # noqa: F401  (registers the settlement tables)
+from . import auth_models, settlement_models  # noqa: F401  (registers their tables)
 from .models import Base
 
 metadata = Base.metadata

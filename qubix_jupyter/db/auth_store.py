@@ -1,0 +1,161 @@
+"""Persistence of the market's login: challenges, users created at first connect, tokens.
+
+Each method is one short transaction. Times are compared inside SQL against the caller's ``now``
+(UTC), so SQLite, which keeps timestamps as text without an offset, and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, cast
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.engine import CursorResult, Result
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .auth_models import ApiToken, LoginChallenge
+from .models import User
+from .repositories import create_user
+
+
+def _rowcount(result: Result[Any]) -> int:
+    # UPDATE answers with a cursor result; the generic Result type does not show its rowcount.
+    return cast("CursorResult[Any]", result).rowcount
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connected:
+    user: User
+    created: bool  # True when this connect created the user
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenOwner:
+    user: User
+    token_id: str
+    expires_at: dt.datetime
+
+
+class AuthStore:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def add_challenge(
+        self, challenge: str, qubic_address: str, *, now: dt.datetime, expires_at: dt.datetime
+    ) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            # Sweeping here keeps the table as small as the number of challenges in flight.
+            await session.execute(delete(LoginChallenge).where(LoginChallenge.expires_at <= now))
+            session.add(
+                LoginChallenge(
+                    challenge=challenge,
+                    qubic_address=qubic_address,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+
+    async def open_challenge_address(self, challenge: str, *, now: dt.datetime) -> str | None:
+        """The identity an unused, unexpired ``challenge`` was issued to, else None."""
+        async with self._sessionmaker() as session:
+            return (
+                await session.execute(
+                    select(LoginChallenge.qubic_address).where(
+                        LoginChallenge.challenge == challenge,
+                        LoginChallenge.used_at.is_(None),
+                        LoginChallenge.expires_at > now,
+                    )
+                )
+            ).scalar_one_or_none()
+
+    async def connect(
+        self,
+        challenge: str,
+        qubic_address: str,
+        *,
+        token_hash: str,
+        now: dt.datetime,
+        token_expires_at: dt.datetime,
+    ) -> Connected | None:
+        """Consume the challenge, find or create the user, store the token: all or nothing.
+
+        None when the challenge is unknown, used, expired or was issued to another identity.
+        """
+        for attempt in range(2):
+            try:
+                return await self._connect_once(
+                    challenge, qubic_address, token_hash, now, token_expires_at
+                )
+            except IntegrityError:
+                # Two first connects of one identity raced to create its user: the loser's
+                # transaction (challenge included) rolled back; the second try finds the user.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect_once(
+        self,
+        challenge: str,
+        qubic_address: str,
+        token_hash: str,
+        now: dt.datetime,
+        token_expires_at: dt.datetime,
+    ) -> Connected | None:
+        async with self._sessionmaker() as session, session.begin():
+            consumed = await session.execute(
+                update(LoginChallenge)
+                .where(
+                    LoginChallenge.challenge == challenge,
+                    LoginChallenge.qubic_address == qubic_address,
+                    LoginChallenge.used_at.is_(None),
+                    LoginChallenge.expires_at > now,
+                )
+                .values(used_at=now)
+            )
+            if _rowcount(consumed) != 1:
+                return None
+            user = (
+                await session.execute(select(User).where(User.qubic_address == qubic_address))
+            ).scalar_one_or_none()
+            created = user is None
+            if user is None:
+                user = await create_user(session, qubic_address)
+            session.add(
+                ApiToken(
+                    user_id=user.id,
+                    token_hash=token_hash,
+                    created_at=now,
+                    expires_at=token_expires_at,
+                )
+            )
+            await session.flush()
+            return Connected(user, created)
+
+    async def token_owner(self, token_hash: str, *, now: dt.datetime) -> TokenOwner | None:
+        """The user of a live (unrevoked, unexpired) token, else None."""
+        async with self._sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(User, ApiToken.id, ApiToken.expires_at)
+                    .join(ApiToken, ApiToken.user_id == User.id)
+                    .where(
+                        ApiToken.token_hash == token_hash,
+                        ApiToken.revoked_at.is_(None),
+                        ApiToken.expires_at > now,
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            return TokenOwner(row[0], row[1], row[2])
+
+    async def revoke(self, token_id: str, *, now: dt.datetime) -> bool:
+        async with self._sessionmaker() as session, session.begin():
+            result = await session.execute(
+                update(ApiToken)
+                .where(ApiToken.id == token_id, ApiToken.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return _rowcount(result) == 1

@@ -1,0 +1,230 @@
+"""``QubixExtension``: the market server as a Jupyter server extension.
+
+On start it connects to the database (migrating the embedded SQLite default, refusing any other
+database whose schema is not current), builds the ledger and the services once, stores them in
+the tornado settings, and registers the route table under ``{base_url}qubix/api/``. Jupyter's own
+APIs keep Jupyter's authentication; the market's routes use the market's bearer tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+
+from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.utils import url_path_join
+from traitlets import CaselessStrEnum, Float, Int, List, TraitError, Unicode, default, validate
+
+from ..config import default_database_url
+from ..db import migrate
+from ..db.auth_store import AuthStore
+from ..db.engine import make_engine, make_sessionmaker
+from ..db.ledger import Ledger
+from .auth import AuthService, RateLimiter
+from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
+from .openapi import openapi_document
+from .routes import API_PREFIX, ROUTES, by_path, routes_for
+from .services import HealthService, Services, WalletService
+
+
+def _ensure_current_now(url: str) -> None:
+    """``migrate.ensure_current`` from synchronous start-up code (the server's loop may be
+    running already, so it runs on a loop of its own in a worker thread)."""
+
+    async def check() -> None:
+        engine = make_engine(url)
+        try:
+            await migrate.ensure_current(engine)
+        finally:
+            await engine.dispose()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, check()).result()
+
+
+class QubixExtension(ExtensionApp):
+    """QUBIX: a GPU-time marketplace in Jupyter (market and/or local agent)."""
+
+    name = "qubix"
+    description = __doc__
+    load_other_extensions = True
+
+    database_url = Unicode(
+        config=True,
+        help="""Database of the market: postgresql://user:password@host/db or sqlite:///path.
+
+        Default: $QUBIX_DATABASE_URL, else the embedded SQLite file
+        {jupyter data dir}/qubix/qubix.db, which is created and migrated on first start. Any
+        other database must be migrated by its operator first (`qubix db upgrade
+        --database-url URL`); the server refuses to start on an old schema.
+        Example: c.QubixExtension.database_url = "postgresql://qubix@db.internal/qubix"
+        """,
+    )
+
+    role = CaselessStrEnum(
+        ["market", "agent", "both"],
+        default_value="both",
+        config=True,
+        help="""What this server is: "market" hosts the marketplace API, ledger and matcher;
+        "agent" is a provider's or consumer's own Jupyter (local GPU, local worker, the user's
+        market token kept server-side); "both" (default) runs the two in one process.
+        Example: c.QubixExtension.role = "market"
+        """,
+    )
+
+    scheduler_address = Unicode(
+        "",
+        config=True,
+        help="""Address of an external Dask scheduler, e.g. "tls://scheduler.internal:8786".
+        Empty (default): the market embeds its own scheduler on the server's event loop.
+        Not used yet by this version.
+        """,
+    )
+
+    platform_fee_bps = Int(
+        0,
+        config=True,
+        help="""Platform fee taken from each job charge, in basis points (1/100 of a percent):
+        0 (default) takes nothing, 250 takes 2.5 %, at most 10000.
+        Example: c.QubixExtension.platform_fee_bps = 250
+        """,
+    )
+
+    heartbeat_interval = Float(
+        5.0,
+        config=True,
+        help="""Seconds between provider heartbeats; a provider is offline after 3 missed ones.
+        Must be > 0. Example: c.QubixExtension.heartbeat_interval = 10.0
+        """,
+    )
+
+    max_body_bytes = Int(
+        1024 * 1024,
+        config=True,
+        help="""Largest request body the market API accepts, in bytes; a larger one is answered
+        413. Default 1 MiB. Must be > 0. Example: c.QubixExtension.max_body_bytes = 65536
+        """,
+    )
+
+    allowed_origins = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="""Browser origins, other than the server's own, allowed to call the market API
+        (CORS), e.g. ["https://lab.example.org"]; ["*"] allows any. Default [] (same origin
+        and non-browser clients only). Jupyter's own APIs keep ServerApp.allow_origin.
+        """,
+    )
+
+    token_ttl_seconds = Int(
+        30 * 24 * 3600,
+        config=True,
+        help="""Lifetime of a market bearer token issued at wallet connect, in seconds
+        (default 30 days). Must be > 0. Example: c.QubixExtension.token_ttl_seconds = 86400
+        """,
+    )
+
+    challenge_ttl_seconds = Int(
+        300,
+        config=True,
+        help="""Lifetime of a wallet login challenge, in seconds (default 5 minutes); each
+        challenge is also single-use. Must be > 0.
+        """,
+    )
+
+    rate_limit_per_minute = Int(
+        600,
+        config=True,
+        help="""Requests a minute allowed per market token (per client IP on public routes),
+        with bursts up to the same number; over it the API answers 429 with Retry-After.
+        0 turns the limit off. Example: c.QubixExtension.rate_limit_per_minute = 120
+        """,
+    )
+
+    #: True when database_url is the embedded default nobody configured.
+    _embedded_database = False
+
+    @default("database_url")
+    def _default_database_url(self) -> str:
+        self._embedded_database = not os.environ.get("QUBIX_DATABASE_URL")
+        return default_database_url()
+
+    @validate("platform_fee_bps")
+    def _valid_fee(self, proposal: dict) -> int:  # type: ignore[type-arg]
+        value = proposal["value"]
+        if not 0 <= value <= 10_000:
+            raise TraitError(f"platform_fee_bps must be within 0..10000, not {value}")
+        return value  # type: ignore[no-any-return]
+
+    @validate("heartbeat_interval", "max_body_bytes", "token_ttl_seconds", "challenge_ttl_seconds")
+    def _positive(self, proposal: dict) -> float:  # type: ignore[type-arg]
+        value = proposal["value"]
+        if value <= 0:
+            raise TraitError(f"{proposal['trait'].name} must be > 0, not {value}")
+        return value  # type: ignore[no-any-return]
+
+    @validate("rate_limit_per_minute")
+    def _non_negative(self, proposal: dict) -> int:  # type: ignore[type-arg]
+        value = proposal["value"]
+        if value < 0:
+            raise TraitError(f"rate_limit_per_minute must be >= 0 (0: off), not {value}")
+        return value  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ start
+
+    def _prepare_database(self) -> None:
+        url = self.database_url
+        if self._embedded_database:
+            before = migrate.current_revision(url)
+            migrate.upgrade(url)
+            after = migrate.current_revision(url)
+            if before != after:
+                self.log.info("QUBIX embedded database %s: %s → %s", url, before or "new", after)
+        else:
+            _ensure_current_now(url)
+
+    def initialize_settings(self) -> None:
+        try:
+            self._prepare_database()
+        except Exception as exc:
+            # Jupyter logs a failed extension as a warning and serves on without it; say why
+            # in the operator's words first.
+            self.log.error("QUBIX market not started: %s", getattr(exc, "message", exc))
+            raise
+        engine = make_engine(self.database_url)
+        sessionmaker = make_sessionmaker(engine)
+        ledger = Ledger(sessionmaker, platform_fee_bps=self.platform_fee_bps)
+        self.routes = routes_for(self.role, ROUTES)
+        services = Services(
+            role=self.role,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            ledger=ledger,
+            auth=AuthService(
+                AuthStore(sessionmaker),
+                token_ttl_seconds=self.token_ttl_seconds,
+                challenge_ttl_seconds=self.challenge_ttl_seconds,
+            ),
+            wallets=WalletService(sessionmaker, ledger),
+            health=HealthService(engine),
+            rate_limiter=RateLimiter(self.rate_limit_per_minute),
+            max_body_bytes=self.max_body_bytes,
+            allowed_origins=tuple(self.allowed_origins),
+        )
+        self.services = services
+        base_url = self.serverapp.base_url if self.serverapp else "/"
+        self.settings.update({SERVICES: services, OPENAPI: openapi_document(self.routes, base_url)})
+        self.log.info(
+            "QUBIX %s on %s (%s)", self.role, engine.url.render_as_string(), engine.dialect.name
+        )
+
+    def initialize_handlers(self) -> None:
+        for path, methods in by_path(self.routes).items():
+            self.handlers.append((API_PREFIX + path, RouteHandler, {"routes": methods}))
+        self.handlers.append((url_path_join(API_PREFIX, "(.*)"), NotFoundHandler))
+
+    async def stop_extension(self) -> None:
+        services = getattr(self, "services", None)
+        if services is not None:
+            await services.engine.dispose()

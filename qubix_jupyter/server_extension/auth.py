@@ -1,0 +1,150 @@
+"""Market identity: wallet challenges, bearer tokens, and a per-caller rate limit.
+
+A user proves they hold a Qubic identity by signing a random, single-use, expiring challenge
+with SchnorrQ; the market then issues a bearer token of 32 random bytes and keeps only its
+SHA-256. This is the market's own identity: Jupyter's server token never stands for a market user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import math
+import secrets
+import time
+from collections.abc import Callable
+
+from ..db.auth_store import AuthStore, TokenOwner
+from ..db.models import User
+from ..settlement.wallet import verify_challenge
+from .errors import InvalidChallenge, InvalidSignature, RateLimited, Unauthorized
+
+CHALLENGE_PREFIX = "qubix-login:"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Challenge:
+    challenge: str
+    expires_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Session:
+    """What a successful connect hands the client: its user and the token, shown once."""
+
+    user: User
+    token: str
+    expires_at: dt.datetime
+
+
+class AuthService:
+    def __init__(
+        self,
+        store: AuthStore,
+        *,
+        token_ttl_seconds: int,
+        challenge_ttl_seconds: int,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._token_ttl = dt.timedelta(seconds=token_ttl_seconds)
+        self._challenge_ttl = dt.timedelta(seconds=challenge_ttl_seconds)
+        self._clock = clock
+
+    async def issue_challenge(self, qubic_address: str) -> Challenge:
+        now = self._clock()
+        challenge = CHALLENGE_PREFIX + secrets.token_urlsafe(32)
+        expires_at = now + self._challenge_ttl
+        await self._store.add_challenge(challenge, qubic_address, now=now, expires_at=expires_at)
+        return Challenge(challenge, expires_at)
+
+    async def connect(self, qubic_address: str, challenge: str, signature_hex: str) -> Session:
+        """Verify the wallet's signature over an open challenge, consume it, issue a token."""
+        now = self._clock()
+        issued_to = await self._store.open_challenge_address(challenge, now=now)
+        if issued_to is None or issued_to != qubic_address:
+            raise InvalidChallenge(
+                "unknown, used or expired challenge, or issued to another identity: "
+                "ask POST auth/challenge for a new one"
+            )
+        # SchnorrQ verification is pure Python: keep it off the event loop.
+        if not await asyncio.to_thread(verify_challenge, qubic_address, challenge, signature_hex):
+            raise InvalidSignature("the signature does not verify for this identity and challenge")
+        token = secrets.token_urlsafe(32)
+        expires_at = now + self._token_ttl
+        connected = await self._store.connect(
+            challenge,
+            qubic_address,
+            token_hash=token_hash(token),
+            now=now,
+            token_expires_at=expires_at,
+        )
+        if connected is None:  # consumed by a concurrent connect with the same challenge
+            raise InvalidChallenge("challenge already used: ask POST auth/challenge for a new one")
+        return Session(connected.user, token, expires_at)
+
+    async def authenticate(self, authorization: str | None) -> TokenOwner:
+        """The owner of the ``Authorization: Bearer <token>`` header's live token."""
+        if not authorization:
+            raise Unauthorized("missing `Authorization: Bearer <token>`: connect a wallet first")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 200:
+            raise Unauthorized("malformed Authorization header: use `Bearer <token>`")
+        owner = await self._store.token_owner(token_hash(token), now=self._clock())
+        if owner is None:
+            raise Unauthorized("unknown, expired or revoked token: connect the wallet again")
+        return owner
+
+    async def revoke(self, owner: TokenOwner) -> bool:
+        return await self._store.revoke(owner.token_id, now=self._clock())
+
+
+class RateLimiter:
+    """A token bucket per caller: ``per_minute`` requests a minute, bursts up to that many.
+
+    In memory, per process: enough for one market server; a fleet would share it in the database
+    or a cache. ``per_minute = 0`` turns limiting off.
+    """
+
+    #: Past this many callers, buckets that have refilled completely are forgotten.
+    MAX_BUCKETS = 10_000
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, last refill)
+
+    def check(self, key: str) -> None:
+        """Take one request from ``key``'s bucket, or raise :class:`RateLimited`."""
+        if self.per_minute <= 0:
+            return
+        now = self._clock()
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            raise RateLimited(max(1, math.ceil((1.0 - tokens) / self._rate)))
+        self._buckets[key] = (tokens - 1.0, now)
+        if len(self._buckets) > self.MAX_BUCKETS:
+            self._forget_full(now)
+
+    def _forget_full(self, now: float) -> None:
+        full = [
+            key
+            for key, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self._rate >= self.per_minute
+        ]
+        for key in full:
+            del self._buckets[key]

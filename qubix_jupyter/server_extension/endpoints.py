@@ -1,0 +1,103 @@
+"""The endpoints: each takes the parsed, authorized call, makes one service call, and returns a
+response model. Parsing, authentication, rate limits and error bodies live in ``handlers``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel
+
+from .. import __version__
+from ..db.auth_store import TokenOwner
+from ..db.models import User
+from . import models
+from .errors import Forbidden
+from .services import Services
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Call:
+    services: Services
+    body: Any  # the route's request model, or None
+    params: dict[str, str]  # named groups of the route's path
+    owner: TokenOwner | None  # the authenticated caller; None on public routes
+    openapi: dict[str, Any]
+
+    @property
+    def caller(self) -> TokenOwner:
+        assert self.owner is not None, "only authenticated routes ask for the caller"
+        return self.owner
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands timestamps back without their offset; every one we store is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+
+
+async def _user_out(services: Services, user: User) -> models.UserOut:
+    return models.UserOut(
+        id=user.id,
+        qubicAddress=user.qubic_address,
+        email=user.email,
+        username=user.username,
+        role=user.role.value,
+        balance=await services.wallets.balance(user.id),
+        createdAt=_utc(user.created_at),
+        updatedAt=_utc(user.updated_at),
+    )
+
+
+async def health(call: Call) -> BaseModel:
+    reachable = await call.services.health.database_reachable()
+    return models.HealthResponse(
+        status="ok" if reachable else "degraded",
+        version=__version__,
+        role=call.services.role,
+        database=models.DatabaseHealth(reachable=reachable, backend=call.services.health.backend),
+    )
+
+
+async def openapi(call: Call) -> BaseModel:
+    return models.OpenAPIDocument.model_validate(call.openapi)
+
+
+async def auth_challenge(call: Call) -> BaseModel:
+    issued = await call.services.auth.issue_challenge(call.body.qubicAddress)
+    return models.ChallengeResponse(challenge=issued.challenge, expiresAt=issued.expires_at)
+
+
+async def wallet_connect(call: Call) -> BaseModel:
+    body: models.ConnectRequest = call.body
+    session = await call.services.auth.connect(body.qubicAddress, body.challenge, body.signature)
+    user = await _user_out(call.services, session.user)
+    return models.ConnectResponse(
+        success=True,
+        balance=user.balance,
+        user=user,
+        token=session.token,
+        expiresAt=session.expires_at,
+    )
+
+
+async def auth_revoke(call: Call) -> BaseModel:
+    return models.RevokeResponse(revoked=await call.services.auth.revoke(call.caller))
+
+
+async def wallet_balance(call: Call) -> BaseModel:
+    user = call.caller.user
+    if call.params["address"] != user.qubic_address:
+        raise Forbidden("you can read only your own wallet's balance")
+    wallets = call.services.wallets
+    return models.BalanceResponse(
+        balance=await wallets.balance(user.id),
+        pendingEarnings=await wallets.pending_earnings(user.id),
+    )
+
+
+async def me(call: Call) -> BaseModel:
+    return models.MeResponse(
+        user=await _user_out(call.services, call.caller.user),
+        tokenExpiresAt=_utc(call.caller.expires_at),
+    )

@@ -1,0 +1,216 @@
+"""The HTTP boundary: one handler class that every route of the table goes through.
+
+It parses JSON (size-limited), validates it with the route's pydantic model, authenticates the
+market's bearer token, applies the rate limit, calls the endpoint and serializes its answer.
+:class:`QubixError` becomes the error body of DESIGN.md §6 here and only here; anything else
+escapes to tornado, which logs it and calls :meth:`QubixAPIHandler.write_error` for a generic 500.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from pydantic import BaseModel, ValidationError
+from tornado.web import HTTPError
+
+from ..market.errors import QubixError
+from .endpoints import Call
+from .errors import (
+    Forbidden,
+    InvalidJSON,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ValidationFailed,
+)
+from .routes import Route
+from .services import Services
+
+SERVICES = "qubix_services"
+OPENAPI = "qubix_openapi"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _status_code(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_")
+    except ValueError:
+        return "error"
+
+
+class QubixAPIHandler(ExtensionHandlerMixin, APIHandler):
+    """JSON in, JSON out, the market's own authentication; never a traceback to the client."""
+
+    @property
+    def services(self) -> Services:
+        return self.settings[SERVICES]  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------- browser rules
+
+    def check_xsrf_cookie(self) -> None:
+        # The market authenticates with an Authorization header, never a cookie, and a browser
+        # does not attach that header to a cross-site request: there is nothing to forge.
+        return None
+
+    def check_origin(self, origin_to_satisfy_tornado: str = "") -> bool:
+        # Cross-origin callers are refused in _check_origin with a 403 body of ours, rather
+        # than the bare 404 Jupyter's APIHandler.prepare would give.
+        return True
+
+    def _origin_allowed(self) -> bool:
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return True  # not a browser, or a same-origin GET
+        if origin.split("://", 1)[-1] == self.request.host:
+            return True
+        allowed = self.services.allowed_origins
+        return "*" in allowed or origin in allowed
+
+    def set_cors_headers(self) -> None:
+        origin = self.request.headers.get("Origin")
+        if origin is not None and self._origin_allowed():
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Vary", "Origin")
+
+    @allow_unauthenticated
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """CORS preflight."""
+        self.set_header("Access-Control-Allow-Headers", "authorization, content-type")
+        self.set_header("Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE, OPTIONS")
+        self.set_header("Access-Control-Max-Age", "600")
+        self.set_status(204)
+        self.finish()
+
+    # ----------------------------------------------------------- errors
+
+    def write_qubix_error(self, error: QubixError) -> None:
+        """The one place a domain error becomes an HTTP answer."""
+        self.clear_header("Content-Type")
+        self.set_status(error.status)
+        if isinstance(error, RateLimited):
+            self.set_header("Retry-After", str(error.retry_after))
+        if isinstance(error, MethodNotAllowed):
+            self.set_header("Allow", ", ".join(error.details.get("allowed", [])))
+        self.log.info("qubix API %s %s: %s", self.request.method, self.request.path, error.code)
+        self.finish(json.dumps(error.to_body()))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's error writer: HTTP errors raised by the framework, and unexpected ones.
+
+        Tornado has logged an unexpected exception (with its traceback) before calling this; the
+        client gets only a generic body.
+        """
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code < 500 and isinstance(exc, HTTPError):
+            code = _status_code(status_code)
+            message = exc.log_message or exc.reason or HTTPStatus(status_code).phrase
+        else:
+            code = "internal_error"
+            message = "internal server error: the market logged the details"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": {"code": code, "message": message, "details": {}}}))
+
+
+class RouteHandler(QubixAPIHandler):
+    """Serves one path of the route table, every method it lists."""
+
+    def initialize(self, name: str, routes: dict[str, Route]) -> None:  # type: ignore[override]
+        super().initialize(name)
+        self.routes = routes
+
+    @allow_unauthenticated
+    async def get(self, **params: str) -> None:
+        await self._dispatch(params)
+
+    @allow_unauthenticated
+    async def post(self, **params: str) -> None:
+        await self._dispatch(params)
+
+    @allow_unauthenticated
+    async def put(self, **params: str) -> None:
+        await self._dispatch(params)
+
+    @allow_unauthenticated
+    async def patch(self, **params: str) -> None:
+        await self._dispatch(params)
+
+    @allow_unauthenticated
+    async def delete(self, **params: str) -> None:
+        await self._dispatch(params)
+
+    async def _dispatch(self, params: dict[str, str]) -> None:
+        try:
+            result = await self._call(params)
+        except QubixError as error:
+            self.write_qubix_error(error)
+            return
+        self.finish(result.model_dump_json(by_alias=True))
+
+    async def _call(self, params: dict[str, str]) -> BaseModel:
+        services = self.services
+        route = self.routes.get(self.request.method or "")
+        if route is None:
+            raise MethodNotAllowed(
+                f"{self.request.method} is not allowed here", allowed=sorted(self.routes)
+            )
+        if not self._origin_allowed():
+            raise Forbidden(
+                "this origin may not call the market API (see QubixExtension.allowed_origins)"
+            )
+        if route.public:
+            owner = None
+            services.rate_limiter.check(f"ip:{self.request.remote_ip}")
+        else:
+            owner = await services.auth.authenticate(self.request.headers.get("Authorization"))
+            services.rate_limiter.check(f"token:{owner.token_id}")
+        body = self._body(route)
+        call = Call(services, body, params, owner, self.settings[OPENAPI])
+        return await route.endpoint(call)
+
+    def _body(self, route: Route) -> BaseModel | None:
+        raw = self.request.body or b""
+        limit = self.services.max_body_bytes
+        if len(raw) > limit:
+            raise PayloadTooLarge(
+                f"request body is {len(raw)} bytes, the limit is {limit}", limit=limit
+            )
+        if route.body is None:
+            return None
+        if not raw.strip():
+            data: Any = {}
+        else:
+            try:
+                data = json.loads(raw, parse_constant=_reject_constant)
+            except (ValueError, RecursionError) as exc:
+                raise InvalidJSON("request body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise ValidationFailed(
+                "request body must be a JSON object",
+                errors=[{"loc": [], "msg": "expected an object", "type": "object_type"}],
+            )
+        try:
+            return route.body.model_validate(data)
+        except ValidationError as exc:
+            raise ValidationFailed(
+                "request body does not match the schema",
+                errors=exc.errors(include_url=False, include_input=False, include_context=False),
+            ) from exc
+
+
+class NotFoundHandler(QubixAPIHandler):
+    """Anything under the API prefix that no route matches: a JSON 404, not Jupyter's page."""
+
+    @allow_unauthenticated
+    async def get(self, *args: str) -> None:
+        self.write_qubix_error(NotFound(f"no API endpoint {self.request.path}"))
+
+    post = put = patch = delete = get

@@ -1,0 +1,115 @@
+"""The OpenAPI 3.1 document, built from the route table and the pydantic models' JSON schemas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from .. import __version__
+from . import models
+from .routes import API_PREFIX, Route
+
+REF = "#/components/schemas/{model}"
+
+#: Answers any route may give, besides those it lists itself.
+_COMMON_ERRORS = {
+    429: "Rate limited; see the `Retry-After` header",
+    500: "Unexpected server error (logged; the body is generic)",
+}
+#: Answers of every route that takes a request body.
+_BODY_ERRORS = {
+    400: "Malformed request (not JSON)",
+    413: "Request body over `max_body_bytes`",
+    422: "Request body does not match the schema (the details name each field)",
+}
+_ROUTE_ERRORS = {
+    401: "No, unknown, expired or revoked bearer token (or, at connect, a bad signature or "
+    "challenge)",
+    403: "Not yours",
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
+    }
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "operationId": route.endpoint.__name__,
+        "summary": route.summary,
+        "tags": [route.tag],
+        "security": [] if route.public else [{"bearerAuth": []}],
+        "responses": {
+            "200": {
+                "description": "OK",
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": REF.format(model=route.response.__name__)}
+                    }
+                },
+            }
+        },
+    }
+    if route.path_params:
+        op["parameters"] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.path_params
+        ]
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(model=route.body.__name__)}}
+            },
+        }
+    statuses = dict(_COMMON_ERRORS)
+    if route.body is not None:
+        statuses.update(_BODY_ERRORS)
+    if not route.public:
+        statuses[401] = _ROUTE_ERRORS[401]
+    for status in route.errors:
+        statuses[status] = _ROUTE_ERRORS.get(status, "Error")
+    for status in sorted(statuses):
+        op["responses"][str(status)] = _error_response(statuses[status])
+    return op
+
+
+def openapi_document(routes: Iterable[Route], base_url: str = "/") -> dict[str, Any]:
+    routes = tuple(routes)
+    paths: dict[str, dict[str, Any]] = {}
+    # requests are documented as they are validated, responses as they are serialized
+    schema_models: dict[type[BaseModel], JsonSchemaMode] = {models.ErrorResponse: "serialization"}
+    for route in routes:
+        paths.setdefault("/" + route.openapi_path, {})[route.method.lower()] = _operation(route)
+        schema_models[route.response] = "serialization"
+        if route.body is not None:
+            schema_models[route.body] = "validation"
+    _, top = models_json_schema(list(schema_models.items()), ref_template=REF)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "QUBIX market API",
+            "version": __version__,
+            "description": "A GPU-time marketplace inside Jupyter. Sign in: POST auth/challenge, "
+            "sign K12(challenge) with your Qubic wallet, POST wallet/connect, then send "
+            "`Authorization: Bearer <token>`.",
+        },
+        "servers": [{"url": base_url.rstrip("/") + "/" + API_PREFIX.rstrip("/")}],
+        "paths": paths,
+        "components": {
+            "schemas": top.get("$defs", {}),
+            "securitySchemes": {
+                "bearerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the market token from POST wallet/connect (not Jupyter's)",
+                }
+            },
+        },
+    }

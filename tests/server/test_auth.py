@@ -1,0 +1,212 @@
+"""Wallet login and the market's bearer tokens, through the real HTTP stack and database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+from tornado.httpclient import HTTPClientError
+
+from qubix_jupyter.db.engine import sync_url
+from qubix_jupyter.settlement.keys import KeyPair
+
+from ..conftest import DatabaseURL
+from .conftest import SEED_ALICE, SEED_BOB, Api, body_of, execute_sql, login, sign
+
+ALICE = KeyPair.from_seed(SEED_ALICE).identity
+BOB = KeyPair.from_seed(SEED_BOB).identity
+PAST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def _parse_time(value: str) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(value)
+    assert moment.tzinfo is not None, value
+    return moment
+
+
+async def _challenge(api: Api, address: str = ALICE) -> str:
+    response = await api("POST", "auth/challenge", json_body={"qubicAddress": address})
+    assert response.code == 200, response.body
+    return body_of(response)["challenge"]  # type: ignore[no-any-return]
+
+
+async def test_full_login_flow(api: Api, database_url: DatabaseURL):
+    before = dt.datetime.now(dt.UTC)
+    response = await api("POST", "auth/challenge", json_body={"qubicAddress": ALICE})
+    assert response.code == 200
+    issued = body_of(response)
+    assert issued["challenge"].startswith("qubix-login:")
+    assert before < _parse_time(issued["expiresAt"]) <= before + dt.timedelta(minutes=6)
+
+    connected = await api(
+        "POST",
+        "wallet/connect",
+        json_body={
+            "qubicAddress": ALICE,
+            "challenge": issued["challenge"],
+            "signature": sign(SEED_ALICE, issued["challenge"]),
+        },
+    )
+    assert connected.code == 200, connected.body
+    session = body_of(connected)
+    assert session["success"] is True
+    assert session["balance"] == 0
+    assert session["user"]["qubicAddress"] == ALICE
+    assert session["user"]["role"] == "CONSUMER"
+    assert _parse_time(session["expiresAt"]) > before + dt.timedelta(days=29)
+    token = session["token"]
+    assert len(token) >= 43
+
+    balance = await api("GET", f"wallet/{ALICE}/balance", token=token)
+    assert balance.code == 200, balance.body
+    assert body_of(balance) == {"balance": 0, "pendingEarnings": 0}
+
+    me = await api("GET", "me", token=token)
+    assert me.code == 200
+    assert body_of(me)["user"]["id"] == session["user"]["id"]
+
+    # only the token's SHA-256 is stored
+    engine = create_engine(sync_url(database_url.url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(text("SELECT token_hash FROM api_tokens")).scalars().all()
+    finally:
+        engine.dispose()
+    assert stored == [hashlib.sha256(token.encode()).hexdigest()]
+
+
+async def test_second_connect_finds_the_same_user_and_sees_deposits(api: Api, database):
+    first = await login(api)
+    await database.ledger.deposit(first["user"]["id"], 1234, idempotency_key="dep-1")
+    second = await login(api)
+    assert second["user"]["id"] == first["user"]["id"]
+    assert second["balance"] == 1234
+    assert second["token"] != first["token"]
+    balance = await api("GET", f"wallet/{ALICE}/balance", token=first["token"])
+    assert body_of(balance) == {"balance": 1234, "pendingEarnings": 0}
+
+
+async def test_wrong_signature_is_401(api: Api):
+    challenge = await _challenge(api)
+    for signature in (sign(SEED_BOB, challenge), sign(SEED_ALICE, challenge + "x"), "0" * 128):
+        response = await api(
+            "POST",
+            "wallet/connect",
+            json_body={"qubicAddress": ALICE, "challenge": challenge, "signature": signature},
+        )
+        assert response.code == 401, response.body
+        assert body_of(response)["error"]["code"] == "invalid_signature"
+
+
+async def test_a_challenge_is_single_use(api: Api):
+    challenge = await _challenge(api)
+    body = {"qubicAddress": ALICE, "challenge": challenge, "signature": sign(SEED_ALICE, challenge)}
+    assert (await api("POST", "wallet/connect", json_body=body)).code == 200
+    again = await api("POST", "wallet/connect", json_body=body)
+    assert again.code == 401
+    assert body_of(again)["error"]["code"] == "invalid_challenge"
+
+
+async def test_an_expired_or_unknown_challenge_is_401(api: Api, database_url: DatabaseURL):
+    challenge = await _challenge(api)
+    execute_sql(database_url.url, "UPDATE login_challenges SET expires_at = :t", t=PAST)
+    body = {"qubicAddress": ALICE, "challenge": challenge, "signature": sign(SEED_ALICE, challenge)}
+    expired = await api("POST", "wallet/connect", json_body=body)
+    assert expired.code == 401
+    assert body_of(expired)["error"]["code"] == "invalid_challenge"
+    made_up = "qubix-login:never-issued"
+    body = {"qubicAddress": ALICE, "challenge": made_up, "signature": sign(SEED_ALICE, made_up)}
+    assert (await api("POST", "wallet/connect", json_body=body)).code == 401
+
+
+async def test_a_challenge_is_bound_to_its_identity(api: Api):
+    challenge = await _challenge(api, ALICE)
+    body = {"qubicAddress": BOB, "challenge": challenge, "signature": sign(SEED_BOB, challenge)}
+    response = await api("POST", "wallet/connect", json_body=body)
+    assert response.code == 401
+    assert body_of(response)["error"]["code"] == "invalid_challenge"
+
+
+async def test_an_invalid_identity_is_422_with_the_field(api: Api):
+    wrong_checksum = ALICE[:-1] + ("A" if ALICE[-1] != "A" else "B")
+    for address in (wrong_checksum, ALICE.lower(), ALICE[:-1], "", 42):
+        response = await api("POST", "auth/challenge", json_body={"qubicAddress": address})
+        assert response.code == 422, (address, response.body)
+        error = body_of(response)["error"]
+        assert error["code"] == "validation_failed"
+        assert [e["loc"] for e in error["details"]["errors"]] == [["qubicAddress"]]
+
+
+async def test_an_unknown_field_is_422(api: Api):
+    response = await api(
+        "POST", "auth/challenge", json_body={"qubicAddress": ALICE, "isAdmin": True}
+    )
+    assert response.code == 422
+    errors = body_of(response)["error"]["details"]["errors"]
+    assert errors[0]["loc"] == ["isAdmin"]
+    assert errors[0]["type"] == "extra_forbidden"
+
+
+async def test_no_invalid_or_revoked_token_is_401(api: Api):
+    for token in (None, "not-a-token", "x" * 300):
+        response = await api("GET", "me", token=token)
+        assert response.code == 401, (token, response.body)
+        assert body_of(response)["error"]["code"] == "unauthorized"
+    odd = await api("GET", "me", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert odd.code == 401
+
+    session = await login(api)
+    token = session["token"]
+    assert (await api("GET", "me", token=token)).code == 200
+    revoked = await api("POST", "auth/revoke", token=token)
+    assert revoked.code == 200
+    assert body_of(revoked) == {"revoked": True}
+    for method, path in (("GET", "me"), ("GET", f"wallet/{ALICE}/balance")):
+        response = await api(method, path, token=token)
+        assert response.code == 401, (path, response.body)
+    assert (await api("POST", "auth/revoke", token=token)).code == 401
+    # revoking one token leaves the user's others alone
+    other = await login(api)
+    assert (await api("GET", "me", token=other["token"])).code == 200
+
+
+async def test_an_expired_token_is_401(api: Api, database_url: DatabaseURL):
+    session = await login(api)
+    execute_sql(database_url.url, "UPDATE api_tokens SET expires_at = :t", t=PAST)
+    assert (await api("GET", "me", token=session["token"])).code == 401
+
+
+async def test_another_users_balance_is_403(api: Api):
+    alice = await login(api, SEED_ALICE)
+    await login(api, SEED_BOB)
+    for address in (BOB, "NOT-AN-IDENTITY"):
+        response = await api("GET", f"wallet/{address}/balance", token=alice["token"])
+        assert response.code == 403, response.body
+        assert body_of(response)["error"]["code"] == "forbidden"
+
+
+async def test_every_authenticated_route_is_401_without_a_token(api: Api):
+    for method, path in (
+        ("GET", "me"),
+        ("POST", "auth/revoke"),
+        ("GET", f"wallet/{ALICE}/balance"),
+    ):
+        response = await api(method, path)
+        assert response.code == 401, (method, path, response.body)
+
+
+async def test_jupyters_token_is_not_a_market_identity(api: Api, jp_serverapp, jp_fetch):
+    jupyter_token = jp_serverapp.identity_provider.token
+    assert jupyter_token
+    for header in (f"token {jupyter_token}", f"Bearer {jupyter_token}"):
+        for method, path in (("GET", "me"), ("GET", f"wallet/{ALICE}/balance")):
+            response = await api(method, path, headers={"Authorization": header})
+            assert response.code == 401, (header, path, response.body)
+    # ...while Jupyter's own API still takes it, and still wants it
+    assert (await jp_fetch("api", "status")).code == 200  # jp_fetch sends Jupyter's token
+    with pytest.raises(HTTPClientError) as refused:
+        await jp_fetch("api", "status", headers={"Authorization": ""})
+    assert refused.value.code == 403

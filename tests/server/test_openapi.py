@@ -1,0 +1,72 @@
+"""The OpenAPI document and the routes the server registered are the same set."""
+
+from __future__ import annotations
+
+import re
+
+from qubix_jupyter.server_extension.handlers import RouteHandler
+from qubix_jupyter.server_extension.routes import API_PREFIX, ROUTES
+
+from .conftest import Api, body_of
+
+PARAM = re.compile(r"\{(\w+)\}")
+
+
+def _registered(web_app, base_url: str) -> set[tuple[str, str]]:
+    """(method, path) of every market route the tornado application serves."""
+    found = set()
+    for rule in web_app.default_router.rules:
+        for inner in getattr(rule.target, "rules", [rule]):
+            if inner.target is RouteHandler:
+                pattern = inner.matcher.regex.pattern.rstrip("$")
+                assert pattern.startswith(base_url + API_PREFIX), pattern
+                path = pattern[len(base_url + API_PREFIX) :]
+                path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path)
+                for method in inner.target_kwargs["routes"]:
+                    found.add((method, "/" + path))
+    return found
+
+
+async def test_openapi_equals_the_registered_routes(api: Api, jp_serverapp, jp_base_url):
+    response = await api("GET", "openapi.json")
+    assert response.code == 200
+    document = body_of(response)
+    assert document["openapi"] == "3.1.0"
+    assert document["servers"] == [{"url": jp_base_url + "qubix/api"}]
+    documented = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method in operations
+    }
+    registered = _registered(jp_serverapp.web_app, jp_base_url)
+    assert documented == registered
+    assert documented == {(r.method, "/" + r.openapi_path) for r in ROUTES}
+
+
+async def test_every_operation_is_complete(api: Api):
+    document = body_of(await api("GET", "openapi.json"))
+    schemas = document["components"]["schemas"]
+    by_route = {(r.method.lower(), "/" + r.openapi_path): r for r in ROUTES}
+    for path, operations in document["paths"].items():
+        for method, op in operations.items():
+            route = by_route[(method, path)]
+            assert op["security"] == ([] if route.public else [{"bearerAuth": []}])
+            ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.rsplit("/", 1)[1] in schemas
+            if route.body is not None:
+                body_ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+                schema = schemas[body_ref.rsplit("/", 1)[1]]
+                assert schema["additionalProperties"] is False
+            if not route.public:
+                assert "401" in op["responses"]
+            assert [p["name"] for p in op.get("parameters", [])] == PARAM.findall(path)
+
+
+async def test_every_documented_route_answers(api: Api):
+    """No documented route is a 404 or 405: unauthenticated, each answers 200, 401 or 422."""
+    document = body_of(await api("GET", "openapi.json"))
+    for path, operations in document["paths"].items():
+        concrete = PARAM.sub("X", path).lstrip("/")
+        for method in operations:
+            response = await api(method.upper(), concrete)
+            assert response.code in {200, 401, 422}, (method, path, response.code)

@@ -1,0 +1,116 @@
+"""What the extension does when it starts: schema checks, the embedded default, roles, config."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from traitlets import TraitError
+
+import qubix_jupyter
+from qubix_jupyter.db import migrate
+from qubix_jupyter.market.errors import SchemaOutOfDate
+from qubix_jupyter.server_extension.app import QubixExtension
+
+from ..conftest import DatabaseURL
+from .conftest import Api, body_of
+
+
+def test_an_old_schema_is_refused_at_start(
+    database_url: DatabaseURL, jp_configurable_serverapp, capfd: pytest.CaptureFixture[str]
+):
+    migrate.downgrade(database_url.url, "0002")
+    with pytest.raises(SchemaOutOfDate, match="qubix db upgrade"):
+        jp_configurable_serverapp()
+    logged = capfd.readouterr().err
+    assert "QUBIX market not started" in logged
+    assert "qubix db upgrade" in logged
+    # nothing was migrated behind the operator's back
+    assert migrate.current_revision(database_url.url) == "0002"
+
+
+@pytest.mark.parametrize(
+    ("trait", "value"),
+    [
+        ("platform_fee_bps", -1),
+        ("platform_fee_bps", 10_001),
+        ("heartbeat_interval", 0.0),
+        ("max_body_bytes", 0),
+        ("token_ttl_seconds", -5),
+        ("rate_limit_per_minute", -1),
+        ("role", "broker"),
+    ],
+)
+def test_bad_config_is_refused(trait: str, value: Any):
+    with pytest.raises(TraitError):
+        QubixExtension(**{trait: value})
+
+
+def test_every_config_trait_explains_itself():
+    traits = QubixExtension.class_own_traits(config=True)
+    assert {
+        "database_url",
+        "role",
+        "scheduler_address",
+        "platform_fee_bps",
+        "heartbeat_interval",
+        "max_body_bytes",
+        "allowed_origins",
+        "token_ttl_seconds",
+        "rate_limit_per_minute",
+    } <= set(traits)
+    for name, trait in traits.items():
+        assert len(trait.help) > 60, name
+
+
+class TestAgentRole:
+    @pytest.fixture
+    def qubix_config(self) -> dict[str, Any]:
+        return {"role": "agent"}
+
+    async def test_an_agent_serves_no_market_routes(self, api: Api):
+        health = await api("GET", "health")
+        assert body_of(health)["role"] == "agent"
+        paths = set(body_of(await api("GET", "openapi.json"))["paths"])
+        assert paths == {"/health", "/openapi.json"}
+        assert (await api("GET", "me")).code == 404
+
+
+class TestEmbeddedDefault:
+    @pytest.fixture
+    def jp_server_config(self, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+        monkeypatch.delenv("QUBIX_DATABASE_URL", raising=False)
+        return {
+            "ServerApp": {
+                "jpserver_extensions": {"qubix_jupyter": True, "jupyter_server_terminals": False},
+                "allow_unauthenticated_access": False,
+                "reraise_server_extension_failures": True,
+            }
+        }
+
+    async def test_first_start_creates_the_sqlite_database_under_the_data_dir(
+        self, api: Api, jp_data_dir: Path
+    ):
+        response = await api("GET", "health")
+        assert response.code == 200
+        assert body_of(response)["database"] == {"reachable": True, "backend": "sqlite"}
+        path = jp_data_dir / "qubix" / "qubix.db"
+        assert path.exists()
+        assert migrate.current_revision(f"sqlite:///{path}") == migrate.head_revision()
+
+
+def test_the_wheel_enables_the_extension():
+    """The wheel installs a jupyter_server_config.d file that turns the extension on."""
+    root = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    shared = project["tool"]["hatch"]["build"]["targets"]["wheel"]["shared-data"]
+    source = "jupyter-config/jupyter_server_config.d/qubix_jupyter.json"
+    assert shared[source] == "etc/jupyter/jupyter_server_config.d/qubix_jupyter.json"
+    config = json.loads((root / source).read_text())
+    assert config == {"ServerApp": {"jpserver_extensions": {"qubix_jupyter": True}}}
+    points = qubix_jupyter._jupyter_server_extension_points()
+    assert points == [{"module": "qubix_jupyter.server_extension.app", "app": QubixExtension}]
+    assert QubixExtension.name == "qubix"
