@@ -55,6 +55,30 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """A Jupyter server whose only job is the market: the qubix extension, no browser."""
+    from jupyter_server.serverapp import ServerApp
+    from jupyter_server.utils import url_path_join
+    from traitlets.config import Config
+
+    config = Config()
+    config.ServerApp.jpserver_extensions = {"qubix_jupyter": True}
+    config.ServerApp.ip = args.ip
+    config.ServerApp.port = args.port
+    config.ServerApp.port_retries = 0  # the port asked for, or a clear failure
+    config.ServerApp.open_browser = False
+    config.ServerApp.allow_root = args.allow_root
+    # A market that cannot start (old schema, bad config) must stop here, not serve without it.
+    config.ServerApp.reraise_server_extension_failures = True
+    if args.database_url:
+        config.QubixExtension.database_url = args.database_url
+    app = ServerApp.instance(config=config)
+    app.initialize(argv=[])
+    print(f"QUBIX market API: {url_path_join(app.connection_url, 'qubix/api/health')}", flush=True)
+    app.start()
+    return 0
+
+
 def _wallet_new(args: argparse.Namespace) -> int:
     from .settlement.wallet import wallet_new_command
 
@@ -75,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a throwaway PostgreSQL cluster instead of a temporary SQLite file",
     )
     demo.set_defaults(func=_demo)
+
+    serve = commands.add_parser(
+        "serve", help="run the market server (a Jupyter server with the qubix extension)"
+    )
+    serve.add_argument("--port", type=int, default=8888, help="TCP port (default: 8888)")
+    serve.add_argument(
+        "--ip", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    _add_database_url(serve)
+    serve.add_argument(
+        "--allow-root", action="store_true", help="allow running as root (Jupyter refuses it)"
+    )
+    serve.set_defaults(func=_serve)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
