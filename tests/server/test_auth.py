@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 
@@ -210,3 +211,38 @@ async def test_jupyters_token_is_not_a_market_identity(api: Api, jp_serverapp, j
     with pytest.raises(HTTPClientError) as refused:
         await jp_fetch("api", "status", headers={"Authorization": ""})
     assert refused.value.code == 403
+
+
+async def test_a_challenge_raced_by_two_connects_signs_in_once(api: Api):
+    challenge = await _challenge(api)
+    body = {"qubicAddress": ALICE, "challenge": challenge, "signature": sign(SEED_ALICE, challenge)}
+    answers = await asyncio.gather(
+        *(api("POST", "wallet/connect", json_body=body) for _ in range(5))
+    )
+    assert sorted(a.code for a in answers) == [200, 401, 401, 401, 401]
+
+
+async def test_racing_first_connects_create_one_user(api: Api, database_url: DatabaseURL):
+    challenges = [await _challenge(api) for _ in range(4)]
+    answers = await asyncio.gather(
+        *(
+            api(
+                "POST",
+                "wallet/connect",
+                json_body={"qubicAddress": ALICE, "challenge": c, "signature": sign(SEED_ALICE, c)},
+            )
+            for c in challenges
+        )
+    )
+    assert [a.code for a in answers] == [200] * 4
+    assert len({body_of(a)["user"]["id"] for a in answers}) == 1
+    engine = create_engine(sync_url(database_url.url), poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            users = conn.execute(text("SELECT count(*) FROM users")).scalar_one()
+            wallets = conn.execute(
+                text("SELECT count(*) FROM accounts WHERE kind = 'WALLET'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert (users, wallets) == (1, 1)
