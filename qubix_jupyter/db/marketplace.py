@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select, true
+from sqlalchemy import ColumnElement, case, false, func, select, true, union_all
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,30 +58,82 @@ def _conditions(query: MarketplaceQuery) -> list[ColumnElement[bool]]:
     return where
 
 
-def _order(query: MarketplaceQuery) -> list[Any]:
-    """SQL for ``query.sort_key``; every order ends in the primary key."""
-    price = Provider.price_per_hour.asc()
-    perf = Provider.performance_tflops.desc().nulls_last()
+#: The (is_online, is_available) cells a search reads, best availability rank first.
+_CELLS = {
+    "available": ((True, True),),
+    "all": ((True, True), (True, False), (False, True), (False, False)),
+}
+
+
+def _order(query: MarketplaceQuery, offer: Any) -> list[Any]:
+    """SQL for ``query.sort_key`` within one cell (where the availability rank is constant);
+    every order ends in the primary key."""
+    price = offer.price_per_hour.asc()
+    perf = offer.performance_tflops.desc().nulls_last()
     if query.sort_by == "price":
-        return [price, perf, Provider.id]
+        return [price, perf, offer.id]
     if query.sort_by == "performance":
-        return [perf, price, Provider.id]
-    if query.availability == "available":
-        # Every result is online and available: the rank is constant, and without it the
-        # order is one an index on price can give.
-        return [price, Provider.id]
-    rank = case(
-        (Provider.is_online == true(), case((Provider.is_available == true(), 0), else_=1)),
-        else_=2,
+        return [perf, price, offer.id]
+    return [price, offer.id]
+
+
+def _rank(offer: Any) -> Any:
+    """``market.marketplace.availability_rank`` in SQL."""
+    online_rank = case((offer.is_available == true(), 0), else_=1)
+    return case((offer.is_online == true(), online_rank), else_=2)
+
+
+#: What a page is chosen and ordered by: the sort columns, the availability cell and the key.
+_KEYS = ("id", "price_per_hour", "performance_tflops", "is_online", "is_available")
+
+
+def _items(query: MarketplaceQuery, where: list[ColumnElement[bool]]) -> Any:
+    """One statement for the page: choose the page's keys, then join their rows.
+
+    Choosing reads only the filter and sort columns, so an index that holds them all can answer
+    it without visiting the table, however far it must read to fill a page; only the page's rows
+    are then read whole. Across cells the choice is a UNION ALL of one ordered, limited branch
+    per cell, merged: each branch is a range of an index on (is_online, is_available, <sort
+    columns>) read in order, where one ORDER BY over all cells would sort every listed offer.
+    """
+    keys = [getattr(Provider, name) for name in _KEYS]
+    cells = _CELLS[query.availability]
+    if len(cells) == 1:  # ``where`` already holds the cell
+        chosen = select(*keys).where(*where).order_by(*_order(query, Provider))
+    else:
+        window = query.offset + query.limit
+        branches = [
+            select(*keys)
+            .where(
+                *where,
+                Provider.is_online == (true() if online else false()),
+                Provider.is_available == (true() if available else false()),
+            )
+            .order_by(*_order(query, Provider))
+            .limit(window)
+            .subquery()
+            .select()
+            for online, available in cells
+        ]
+        merged = union_all(*branches).subquery("cells")
+        chosen = select(merged).order_by(*_full_order(query, merged.c))
+    page = chosen.offset(query.offset).limit(query.limit).subquery("page")
+    return (
+        select(Provider).join(page, Provider.id == page.c.id).order_by(*_full_order(query, page.c))
     )
-    return [rank, price, Provider.id]
+
+
+def _full_order(query: MarketplaceQuery, offer: Any) -> list[Any]:
+    order = _order(query, offer)
+    if query.sort_by == "availability" and query.availability != "available":
+        order.insert(0, _rank(offer))
+    return order
 
 
 async def search_providers(session: AsyncSession, query: MarketplaceQuery) -> Page:
     """The listed offers that match ``query``, in its order, one page of them, and their total."""
     where = _conditions(query)
-    stmt = select(Provider).where(*where).order_by(*_order(query))
-    items = list((await session.scalars(stmt.offset(query.offset).limit(query.limit))).all())
+    items = list((await session.scalars(_items(query, where))).all())
     if len(items) < query.limit and (items or query.offset == 0):
         total = query.offset + len(items)  # the last page: it tells the total by itself
     else:
