@@ -14,7 +14,17 @@ import os
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import CaselessStrEnum, Float, Int, List, TraitError, Unicode, default, validate
+from traitlets import (
+    CaselessStrEnum,
+    Float,
+    Int,
+    List,
+    TraitError,
+    Type,
+    Unicode,
+    default,
+    validate,
+)
 
 from ..config import default_database_url
 from ..db import migrate
@@ -142,6 +152,17 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    auth_service_class = Type(
+        default_value=AuthService,
+        klass=AuthService,
+        config=True,
+        help="""The market's login service (wallet challenges, bearer tokens): a subclass of
+        qubix_jupyter.server_extension.auth.AuthService, e.g. one that also accepts tokens from
+        an identity provider. Built once at start with the same arguments as the default.
+        Example: c.QubixExtension.auth_service_class = "mycompany.qubix.SsoAuthService"
+        """,
+    )
+
     #: True when database_url is the embedded default nobody configured.
     _embedded_database = False
 
@@ -201,7 +222,7 @@ class QubixExtension(ExtensionApp):
             engine=engine,
             sessionmaker=sessionmaker,
             ledger=ledger,
-            auth=AuthService(
+            auth=self.auth_service_class(
                 AuthStore(sessionmaker),
                 token_ttl_seconds=self.token_ttl_seconds,
                 challenge_ttl_seconds=self.challenge_ttl_seconds,

@@ -49,14 +49,24 @@ async def _user_out(services: Services, user: User) -> models.UserOut:
     )
 
 
-async def health(call: Call) -> BaseModel:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Reply:
+    """A response model with a status other than 200 (one of its route's ``alt_statuses``)."""
+
+    body: BaseModel
+    status: int
+
+
+async def health(call: Call) -> BaseModel | Reply:
     reachable = await call.services.health.database_reachable()
-    return models.HealthResponse(
+    body = models.HealthResponse(
         status="ok" if reachable else "degraded",
         version=__version__,
         role=call.services.role,
         database=models.DatabaseHealth(reachable=reachable, backend=call.services.health.backend),
     )
+    # A load balancer reads the status code: a market without its database is down.
+    return body if reachable else Reply(body, 503)
 
 
 async def openapi(call: Call) -> BaseModel:

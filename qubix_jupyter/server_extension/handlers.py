@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from tornado.web import HTTPError
 
 from ..market.errors import QubixError
-from .endpoints import Call
+from .endpoints import Call, Reply
 from .errors import (
     Forbidden,
     InvalidJSON,
@@ -153,9 +153,12 @@ class RouteHandler(QubixAPIHandler):
         except QubixError as error:
             self.write_qubix_error(error)
             return
+        if isinstance(result, Reply):
+            self.set_status(result.status)
+            result = result.body
         self.finish(result.model_dump_json(by_alias=True))
 
-    async def _call(self, params: dict[str, str]) -> BaseModel:
+    async def _call(self, params: dict[str, str]) -> BaseModel | Reply:
         services = self.services
         route = self.routes.get(self.request.method or "")
         if route is None:

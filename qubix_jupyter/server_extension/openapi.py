@@ -31,6 +31,8 @@ _ROUTE_ERRORS = {
     403: "Not yours",
 }
 
+_ALT_STATUSES = {503: "Degraded: a dependency (the database) does not answer"}
+
 
 def _error_response(description: str) -> dict[str, Any]:
     return {
@@ -56,6 +58,13 @@ def _operation(route: Route) -> dict[str, Any]:
             }
         },
     }
+    for status in route.alt_statuses:
+        op["responses"][str(status)] = {
+            "description": _ALT_STATUSES.get(status, "See the body"),
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(model=route.response.__name__)}}
+            },
+        }
     if route.path_params:
         op["parameters"] = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}

@@ -16,7 +16,7 @@ from . import endpoints, models
 
 API_PREFIX = "qubix/api/"
 
-Endpoint = Callable[[endpoints.Call], Awaitable[BaseModel]]
+Endpoint = Callable[[endpoints.Call], Awaitable[BaseModel | endpoints.Reply]]
 
 MARKET = frozenset({"market", "both"})
 EVERY_ROLE = frozenset({"market", "agent", "both"})
@@ -37,6 +37,8 @@ class Route:
     tag: str = "market"
     #: Statuses this route answers besides 200, and those every route may (documented too).
     errors: tuple[int, ...] = ()
+    #: Statuses besides 200 whose body is still ``response`` (health's 503).
+    alt_statuses: tuple[int, ...] = ()
 
     @property
     def openapi_path(self) -> str:
@@ -58,6 +60,7 @@ ROUTES: tuple[Route, ...] = (
         public=True,
         roles=EVERY_ROLE,
         tag="meta",
+        alt_statuses=(503,),
     ),
     Route(
         "GET",

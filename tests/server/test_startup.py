@@ -14,9 +14,10 @@ import qubix_jupyter
 from qubix_jupyter.db import migrate
 from qubix_jupyter.market.errors import SchemaOutOfDate
 from qubix_jupyter.server_extension.app import QubixExtension
+from qubix_jupyter.server_extension.auth import AuthService
 
 from ..conftest import DatabaseURL
-from .conftest import Api, body_of
+from .conftest import Api, body_of, login
 
 
 def test_an_old_schema_is_refused_at_start(
@@ -114,3 +115,27 @@ def test_the_wheel_enables_the_extension():
     points = qubix_jupyter._jupyter_server_extension_points()
     assert points == [{"module": "qubix_jupyter.server_extension.app", "app": QubixExtension}]
     assert QubixExtension.name == "qubix"
+
+
+class CountingAuthService(AuthService):
+    """A drop-in login service, chosen by configuration."""
+
+    challenges_issued = 0
+
+    async def issue_challenge(self, qubic_address: str) -> Any:
+        type(self).challenges_issued += 1
+        return await super().issue_challenge(qubic_address)
+
+
+class TestSwappableAuthService:
+    @pytest.fixture
+    def qubix_config(self) -> dict[str, Any]:
+        return {"auth_service_class": f"{__name__}.CountingAuthService"}
+
+    async def test_the_configured_class_serves_the_requests(self, api: Api, jp_serverapp):
+        services = jp_serverapp.web_app.settings["qubix_services"]
+        assert type(services.auth) is CountingAuthService
+        before = CountingAuthService.challenges_issued
+        session = await login(api)
+        assert session["success"] is True
+        assert CountingAuthService.challenges_issued == before + 1
