@@ -16,7 +16,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
-from tornado.web import HTTPError
+from tornado.web import HTTPError, stream_request_body
 
 from ..market.errors import QubixError
 from .endpoints import Call, Reply
@@ -120,12 +120,25 @@ class QubixAPIHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message, "details": {}}}))
 
 
+@stream_request_body
 class RouteHandler(QubixAPIHandler):
-    """Serves one path of the route table, every method it lists."""
+    """Serves one path of the route table, every method it lists.
+
+    The body is streamed in so that one over ``max_body_bytes`` is counted, not kept in memory.
+    """
 
     def initialize(self, name: str, routes: dict[str, Route]) -> None:  # type: ignore[override]
         super().initialize(name)
         self.routes = routes
+        self._chunks: list[bytes] = []
+        self._received = 0
+
+    def data_received(self, chunk: bytes) -> None:
+        self._received += len(chunk)
+        if self._received > self.services.max_body_bytes:
+            self._chunks.clear()  # it will be refused with a 413: keep nothing
+        else:
+            self._chunks.append(chunk)
 
     @allow_unauthenticated
     async def get(self, **params: str) -> None:
@@ -180,12 +193,12 @@ class RouteHandler(QubixAPIHandler):
         return await route.endpoint(call)
 
     def _body(self, route: Route) -> BaseModel | None:
-        raw = self.request.body or b""
         limit = self.services.max_body_bytes
-        if len(raw) > limit:
+        if self._received > limit:
             raise PayloadTooLarge(
-                f"request body is {len(raw)} bytes, the limit is {limit}", limit=limit
+                f"request body is {self._received} bytes, the limit is {limit}", limit=limit
             )
+        raw = b"".join(self._chunks)
         if route.body is None:
             return None
         if not raw.strip():

@@ -132,3 +132,20 @@ class TestAllowedOrigins:
         assert "authorization" in preflight.headers["Access-Control-Allow-Headers"]
         other = await api("GET", "health", headers={"Origin": "https://evil.example"})
         assert other.code == 403
+
+
+class TestSmallBodyLimit:
+    @pytest.fixture
+    def qubix_config(self) -> dict[str, Any]:
+        return {"max_body_bytes": 100}
+
+    async def test_the_limit_is_exact_and_a_huge_body_is_refused_too(self, api: Api):
+        at_limit = json.dumps({"qubicAddress": ALICE, "p": "x" * 11})
+        assert len(at_limit) == 100
+        assert (await api("POST", "auth/challenge", body=at_limit)).code == 422  # read: "p"
+        over = await api("POST", "auth/challenge", body=at_limit + " ")
+        assert over.code == 413
+        assert body_of(over)["error"]["details"] == {"limit": 100}
+        huge = await api("POST", "auth/challenge", body=b"{" + b" " * (16 * 1024 * 1024) + b"}")
+        assert huge.code == 413
+        assert (await api("GET", "health")).code == 200
