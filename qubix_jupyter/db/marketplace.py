@@ -26,6 +26,7 @@ from ..market.marketplace import (
     require_location,
     require_name,
     require_price,
+    require_provider_type,
     require_worker_id,
 )
 from ..market.states import ProviderType
@@ -186,7 +187,7 @@ async def quick_register(
     """
     worker_id = require_worker_id(worker_id)
     reported: dict[str, Any] = {
-        "type": ProviderType(provider_type),
+        "type": require_provider_type(provider_type),
         **hardware_from_gpu_info(gpu),
         **host_fields(cpu_model=cpu_model, cpu_cores=cpu_cores, ram_total=ram_total),
     }

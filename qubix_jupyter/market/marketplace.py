@@ -35,6 +35,7 @@ from typing import Any, Literal, Protocol, TypeGuard, get_args
 
 from .errors import QubixError
 from .money import INT64_MAX, require_amount
+from .states import ProviderType
 
 Availability = Literal["available", "all"]
 SortKey = Literal["price", "performance", "availability"]
@@ -311,6 +312,18 @@ def require_worker_id(worker_id: object) -> str:
     if not value.isprintable():
         raise InvalidOffer("worker_id must be printable", field="worker_id")
     return value
+
+
+def require_provider_type(value: object) -> ProviderType:
+    try:
+        return ProviderType(value)  # type: ignore[arg-type]  # any value: a bad one is the 422
+    except ValueError:
+        allowed = [t.value for t in ProviderType]
+        raise InvalidOffer(
+            f"provider type must be one of {', '.join(allowed)}, got {value!r}",
+            field="provider_type",
+            allowed=allowed,
+        ) from None
 
 
 def require_price(price_per_hour: object) -> int:
