@@ -4,6 +4,9 @@ from typing import Any
 
 import pytest
 
+from qubix_jupyter.server_extension.auth import RateLimiter
+from qubix_jupyter.server_extension.errors import RateLimited
+
 from .conftest import SEED_ALICE, Api, body_of, login
 
 
@@ -28,3 +31,45 @@ async def test_each_token_has_its_own_bucket_and_429_says_when_to_retry(api: Api
     assert (await api("GET", "health")).code == 200
     assert (await api("GET", "health")).code == 200
     assert (await api("GET", "health")).code == 429
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_bucket_refills_at_the_configured_rate():
+    clock = FakeClock()
+    limiter = RateLimiter(60, clock=clock)  # one a second, bursts of 60
+    for _ in range(60):
+        limiter.check("a")
+    with pytest.raises(RateLimited) as limited:
+        limiter.check("a")
+    assert limited.value.retry_after == 1
+    limiter.check("b")  # another caller has its own bucket
+    clock.now += 1.0
+    limiter.check("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+    clock.now += 3600
+    for _ in range(60):  # refilled to the burst size, not beyond
+        limiter.check("a")
+    with pytest.raises(RateLimited):
+        limiter.check("a")
+
+
+def test_zero_turns_the_limit_off_and_idle_callers_are_forgotten():
+    off = RateLimiter(0)
+    for _ in range(10_000):
+        off.check("a")
+    clock = FakeClock()
+    limiter = RateLimiter(60, clock=clock)
+    limiter.MAX_BUCKETS = 10
+    for n in range(10):
+        limiter.check(f"caller-{n}")
+    clock.now += 120  # everyone is full again
+    limiter.check("newcomer")
+    assert len(limiter._buckets) == 1
