@@ -81,7 +81,7 @@ def test_console_script_is_installed():
         check=False,
     )
     assert result.returncode == 0
-    for command in ("demo", "db", "wallet"):
+    for command in ("demo", "db", "wallet", "serve"):
         assert command in result.stdout
 
 
