@@ -32,10 +32,12 @@ from ..db.auth_store import AuthStore
 from ..db.engine import make_engine, make_sessionmaker
 from ..db.ledger import Ledger
 from .auth import AuthService, RateLimiter
+from .events import EventHub, HeartbeatPolicy
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .openapi import openapi_document
-from .routes import API_PREFIX, ROUTES, by_path, routes_for
+from .routes import API_PREFIX, MARKET, ROUTES, by_path, routes_for
 from .services import HealthService, Services, WalletService
+from .websocket import EVENTS, EVENTS_PATH, ChannelOwnership, EventsHandler, add_events_to
 
 
 def _ensure_current_now(url: str) -> None:
@@ -163,6 +165,9 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    #: Pings of the events WebSocket (not a trait: tests and embedders may replace it).
+    event_heartbeat = HeartbeatPolicy()
+
     #: True when database_url is the embedded default nobody configured.
     _embedded_database = False
 
@@ -234,8 +239,12 @@ class QubixExtension(ExtensionApp):
             allowed_origins=tuple(self.allowed_origins),
         )
         self.services = services
+        self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
         base_url = self.serverapp.base_url if self.serverapp else "/"
-        self.settings.update({SERVICES: services, OPENAPI: openapi_document(self.routes, base_url)})
+        document = openapi_document(self.routes, base_url)
+        if self.role in MARKET:
+            add_events_to(document)
+        self.settings.update({SERVICES: services, OPENAPI: document, EVENTS: self.events})
         self.log.info(
             "QUBIX %s on %s (%s)", self.role, engine.url.render_as_string(), engine.dialect.name
         )
@@ -243,9 +252,16 @@ class QubixExtension(ExtensionApp):
     def initialize_handlers(self) -> None:
         for path, methods in by_path(self.routes).items():
             self.handlers.append((API_PREFIX + path, RouteHandler, {"routes": methods}))
+        if self.role in MARKET:
+            self.handlers.append(
+                (API_PREFIX + EVENTS_PATH, EventsHandler, {"heartbeat": self.event_heartbeat})
+            )
         self.handlers.append((url_path_join(API_PREFIX, "(.*)"), NotFoundHandler))
 
     async def stop_extension(self) -> None:
+        events = getattr(self, "events", None)
+        if events is not None:
+            events.close()  # every WebSocket gets 1001 going_away
         services = getattr(self, "services", None)
         if services is not None:
             await services.engine.dispose()

@@ -1,0 +1,313 @@
+"""WebSocket ``{base_url}qubix/api/events``: the :class:`~.events.EventHub` over tornado.
+
+Connecting (checked before the upgrade, answered with the API's JSON error body):
+
+* the ``Origin`` must be the server's own or one of ``QubixExtension.allowed_origins`` (``*``:
+  any), else **403** ``forbidden``; a client that sends no ``Origin`` (not a browser) passes;
+* the market's bearer token, as ``Authorization: Bearer <token>`` or, for browsers (which cannot
+  set headers on a WebSocket), as the query parameter ``?token=<token>`` (Jupyter scrubs
+  ``token`` from its request logs); none, unknown, expired or revoked: **401** ``unauthorized``;
+* the per-token rate limit counts the connect (**429**).
+
+Client → server messages (JSON text frames):
+
+* ``{"type": "subscribe", "channel": c, "sinceSeq": n?}``: ``marketplace``, ``wallet`` (always
+  one's own), ``job:{jobId}`` (its consumer, or the owner of its assigned provider),
+  ``provider:{workerId}`` (its owner). Answered by the replay (with ``sinceSeq``) and one
+  ``SUBSCRIBED`` frame, then live frames ``{"type", "channel", "seq", "ts", "data"}``.
+* ``{"type": "unsubscribe", "channel": c}``: no answer; the channel's frames stop.
+
+A message the server cannot act on is answered with one error frame and the connection stays
+open: ``{"type": "error", "status": 403, "channel": c, "error": {"code", "message",
+"details"}}`` (``channel`` only when the message named one). Codes: ``invalid_json`` (400: not
+JSON text), ``validation_failed`` (422: not an object, unknown ``type``, a field of the wrong
+type), ``invalid_channel`` (422), ``invalid_event`` (422: bad ``sinceSeq``),
+``channel_forbidden`` (403), ``too_many_channels`` (429), ``service_unavailable`` (503: the
+ownership lookup failed).
+
+The server pings every ``HeartbeatPolicy.ping_interval`` seconds and closes a connection whose
+pong does not come within ``ping_timeout``. The hub closes a connection with 1013
+``slow_consumer`` when its queue overflows and, at server stop, with 1001 ``going_away``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import allow_unauthenticated
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.extension.handler import ExtensionHandlerMixin
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
+from tornado.websocket import WebSocketHandler
+
+from ..db.models import Job, Provider
+from ..market.errors import QubixError
+from ..market.events import Channel, ChannelKind
+from .errors import Forbidden, InvalidJSON, ServiceUnavailable, ValidationFailed
+from .events import CloseReason, EventHub, HeartbeatPolicy, Subscription, SubscriptionClosed
+from .handlers import SERVICES
+from .services import Services
+
+#: The tornado settings key of the process's one :class:`EventHub`.
+EVENTS = "qubix_events"
+#: The route, relative to ``{base_url}qubix/api/``.
+EVENTS_PATH = "events"
+
+MESSAGE_TYPES = ("subscribe", "unsubscribe")
+
+
+class ChannelOwnership:
+    """The hub's ``authorize``: may ``user_id`` subscribe to this ``job:``/``provider:`` channel?
+
+    Read-only lookups: a provider channel is its owner's; a job channel is its consumer's and
+    the owner's of the provider it is assigned to.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+
+    async def __call__(self, user_id: str, channel: Channel) -> bool:
+        async with self._sessionmaker() as session:
+            if channel.kind is ChannelKind.PROVIDER:
+                owner = await session.scalar(
+                    select(Provider.user_id).where(Provider.worker_id == channel.id)
+                )
+                return owner is not None and owner == user_id
+            if channel.kind is ChannelKind.JOB:
+                provider = aliased(Provider)
+                row = (
+                    await session.execute(
+                        select(Job.user_id, provider.user_id)
+                        .outerjoin(provider, Job.provider_id == provider.id)
+                        .where(Job.id == channel.id)
+                    )
+                ).first()
+                return row is not None and user_id in (row[0], row[1])
+        return False
+
+
+def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> bool:
+    """Same rule as the REST handlers: no Origin, the server's own, or a configured one."""
+    if origin is None:
+        return True
+    if origin.split("://", 1)[-1] == host:
+        return True
+    return "*" in allowed or origin in allowed
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """One WebSocket client of the event hub."""
+
+    sub: Subscription | None = None
+    user_id: str | None = None
+
+    def initialize(self, name: str, heartbeat: HeartbeatPolicy | None = None) -> None:  # type: ignore[override]
+        super().initialize(name)
+        self.heartbeat = heartbeat or HeartbeatPolicy()
+
+    @property
+    def services(self) -> Services:
+        return self.settings[SERVICES]  # type: ignore[no-any-return]
+
+    @property
+    def hub(self) -> EventHub:
+        return self.settings[EVENTS]  # type: ignore[no-any-return]
+
+    # ----------------------------------------------------------- tornado's knobs
+
+    @property
+    def ping_interval(self) -> float:
+        return self.heartbeat.ping_interval
+
+    @property
+    def ping_timeout(self) -> float:
+        return self.heartbeat.ping_timeout
+
+    @property
+    def max_message_size(self) -> int:
+        return self.heartbeat.max_message_size
+
+    def check_origin(self, origin: str = "") -> bool:
+        # checked in get(), before the upgrade, with the API's JSON 403
+        return True
+
+    def check_xsrf_cookie(self) -> None:
+        # bearer token, never a cookie: nothing to forge
+        return None
+
+    # ----------------------------------------------------------- connect
+
+    def _refuse(self, error: QubixError) -> None:
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
+        self.log.info("qubix events %s: %s", self.request.path, error.code)
+        self.finish(json.dumps(error.to_body()))
+
+    @allow_unauthenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        services = self.services
+        if not origin_allowed(
+            self.request.headers.get("Origin"), self.request.host, services.allowed_origins
+        ):
+            self._refuse(
+                Forbidden("this origin may not open the event stream (see allowed_origins)")
+            )
+            return
+        authorization = self.request.headers.get("Authorization")
+        if not authorization:
+            token = self.get_query_argument("token", None)
+            authorization = f"Bearer {token}" if token else None
+        try:
+            owner = await services.auth.authenticate(authorization)
+            services.rate_limiter.check(f"token:{owner.token_id}")
+        except QubixError as error:
+            self._refuse(error)
+            return
+        self.user_id = owner.user.id
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            self.sub = self.hub.connect(
+                self.user_id, send=self.write_message, on_close=self._closed_by_hub
+            )
+        except SubscriptionClosed as exc:  # the hub is shutting down
+            self.close(exc.reason.code, exc.reason.reason)
+
+    def _closed_by_hub(self, reason: CloseReason) -> None:
+        self.close(reason.code, reason.reason)
+
+    def on_close(self) -> None:
+        if self.sub is not None:
+            self.sub.close()
+
+    # ----------------------------------------------------------- messages
+
+    async def on_message(self, message: str | bytes) -> None:
+        channel: object = None
+        try:
+            data = self._parse(message)
+            channel = data.get("channel")
+            await self._act(data)
+        except SubscriptionClosed:
+            return
+        except QubixError as error:
+            self._error(error, channel)
+        except SQLAlchemyError:
+            self.log.exception("qubix events: channel ownership lookup failed")
+            self._error(
+                ServiceUnavailable("the market cannot check channel ownership now; retry"),
+                channel,
+            )
+
+    def _parse(self, message: str | bytes) -> dict[str, Any]:
+        if isinstance(message, bytes):
+            raise InvalidJSON("send JSON text frames, not binary ones")
+        try:
+            data = json.loads(message, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise InvalidJSON("message is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ValidationFailed("a message must be a JSON object")
+        return data
+
+    async def _act(self, data: dict[str, Any]) -> None:
+        kind = data.get("type")
+        sub = self.sub
+        if sub is None:
+            raise SubscriptionClosed(CloseReason(1001, "going_away"))
+        if kind == "subscribe":
+            await sub.subscribe(data.get("channel"), since_seq=data.get("sinceSeq"))
+        elif kind == "unsubscribe":
+            sub.unsubscribe(data.get("channel"))
+        else:
+            raise ValidationFailed(
+                "unknown message type: use subscribe or unsubscribe", allowed=list(MESSAGE_TYPES)
+            )
+
+    def _error(self, error: QubixError, channel: object) -> None:
+        frame: dict[str, Any] = {"type": "error", "status": error.status}
+        if isinstance(channel, str) and len(channel) <= 160:
+            frame["channel"] = channel
+        frame.update(error.to_body())
+        try:
+            self.write_message(json.dumps(frame))
+        except Exception:  # the socket closed meanwhile
+            self.log.debug("qubix events: could not send an error frame", exc_info=True)
+
+
+def events_operation() -> dict[str, Any]:
+    """The OpenAPI description of the WebSocket (documented as the GET that upgrades)."""
+
+    def error(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+            },
+        }
+
+    return {
+        "get": {
+            "operationId": "events",
+            "summary": "WebSocket of real-time events (upgrade this GET to a WebSocket)",
+            "description": (__doc__ or "").split("\n", 2)[-1],
+            "tags": ["events"],
+            "security": [{"bearerAuth": []}, {"tokenQuery": []}],
+            "parameters": [
+                {
+                    "name": "token",
+                    "in": "query",
+                    "required": False,
+                    "description": "the market token, for browsers (instead of Authorization)",
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "101": {"description": "Switching Protocols: the event stream"},
+                "401": error("No, unknown, expired or revoked bearer token"),
+                "403": error("An origin not in allowed_origins"),
+                "429": error("Rate limited"),
+            },
+            "x-websocket": {
+                "clientMessages": {
+                    "subscribe": {"type": "subscribe", "channel": "string", "sinceSeq": "int?"},
+                    "unsubscribe": {"type": "unsubscribe", "channel": "string"},
+                },
+                "channels": ["marketplace", "wallet", "job:{jobId}", "provider:{workerId}"],
+                "serverFrame": {
+                    "type": "str",
+                    "channel": "str",
+                    "seq": "int",
+                    "ts": "int (ms)",
+                    "data": "object",
+                },
+                "errorFrame": {
+                    "type": "error",
+                    "status": "int",
+                    "channel": "str?",
+                    "error": {"code": "str", "message": "str", "details": "object"},
+                },
+            },
+        }
+    }
+
+
+def add_events_to(document: dict[str, Any]) -> dict[str, Any]:
+    """Document the WebSocket in an OpenAPI document made by ``openapi_document``."""
+    document["paths"]["/" + EVENTS_PATH] = events_operation()
+    document["components"]["securitySchemes"]["tokenQuery"] = {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "the market token as ?token= (the events WebSocket only)",
+    }
+    return document
