@@ -22,8 +22,13 @@ open: ``{"type": "error", "status": 403, "channel": c, "error": {"code", "messag
 "details"}}`` (``channel`` only when the message named one). Codes: ``invalid_json`` (400: not
 JSON text), ``validation_failed`` (422: not an object, unknown ``type``, a field of the wrong
 type), ``invalid_channel`` (422), ``invalid_event`` (422: bad ``sinceSeq``),
-``channel_forbidden`` (403), ``too_many_channels`` (429), ``service_unavailable`` (503: the
-ownership lookup failed).
+``channel_forbidden`` (403), ``too_many_channels`` (429), ``rate_limited`` (429: each
+subscribe counts against the token's ``rate_limit_per_minute``), ``service_unavailable`` (503:
+the ownership lookup failed).
+
+Each subscribe checks the token again: once it is revoked the subscribe gets an ``unauthorized``
+(401) error frame and the connection closes with 4401 ``unauthorized``. When the token expires
+the connection closes with 4401 ``token_expired``; the client signs in again and resumes.
 
 The server pings every ``HeartbeatPolicy.ping_interval`` seconds and closes a connection whose
 pong does not come within ``ping_timeout``. The hub closes a connection with 1013
@@ -32,6 +37,8 @@ pong does not come within ``ping_timeout``. The hub closes a connection with 101
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import json
 from typing import Any
 
@@ -46,8 +53,8 @@ from tornado.websocket import WebSocketHandler
 
 from ..db.models import Job, Provider
 from ..market.errors import QubixError
-from ..market.events import Channel, ChannelKind
-from .errors import Forbidden, InvalidJSON, ServiceUnavailable, ValidationFailed
+from ..market.events import Channel, ChannelKind, parse_channel
+from .errors import Forbidden, InvalidJSON, ServiceUnavailable, Unauthorized, ValidationFailed
 from .events import CloseReason, EventHub, HeartbeatPolicy, Subscription, SubscriptionClosed
 from .handlers import SERVICES
 from .services import Services
@@ -58,6 +65,9 @@ EVENTS = "qubix_events"
 EVENTS_PATH = "events"
 
 MESSAGE_TYPES = ("subscribe", "unsubscribe")
+
+#: Close code (application range) when the connection's token expires or is revoked.
+TOKEN_ENDED = CloseReason(4401, "unauthorized")
 
 
 class ChannelOwnership:
@@ -108,6 +118,10 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
 
     sub: Subscription | None = None
     user_id: str | None = None
+    _authorization: str | None = None
+    _token_id: str = ""
+    _expires_at: dt.datetime | None = None
+    _expiry: asyncio.TimerHandle | None = None
 
     def initialize(self, name: str, heartbeat: HeartbeatPolicy | None = None) -> None:  # type: ignore[override]
         super().initialize(name)
@@ -172,6 +186,9 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
             self._refuse(error)
             return
         self.user_id = owner.user.id
+        self._authorization = authorization
+        self._token_id = owner.token_id
+        self._expires_at = owner.expires_at
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
@@ -181,11 +198,23 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
             )
         except SubscriptionClosed as exc:  # the hub is shutting down
             self.close(exc.reason.code, exc.reason.reason)
+            return
+        if self._expires_at is not None:
+            expires_at = self._expires_at
+            if expires_at.tzinfo is None:  # SQLite hands back naive UTC
+                expires_at = expires_at.replace(tzinfo=dt.UTC)
+            delay = max(0.0, (expires_at - dt.datetime.now(dt.UTC)).total_seconds())
+            self._expiry = asyncio.get_running_loop().call_later(delay, self._token_ended)
+
+    def _token_ended(self) -> None:
+        self.close(TOKEN_ENDED.code, "token_expired")
 
     def _closed_by_hub(self, reason: CloseReason) -> None:
         self.close(reason.code, reason.reason)
 
     def on_close(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
         if self.sub is not None:
             self.sub.close()
 
@@ -199,6 +228,9 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
             await self._act(data)
         except SubscriptionClosed:
             return
+        except Unauthorized as error:  # the token was revoked meanwhile
+            self._error(error, channel)
+            self.close(TOKEN_ENDED.code, TOKEN_ENDED.reason)
         except QubixError as error:
             self._error(error, channel)
         except SQLAlchemyError:
@@ -225,9 +257,13 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
         if sub is None:
             raise SubscriptionClosed(CloseReason(1001, "going_away"))
         if kind == "subscribe":
-            await sub.subscribe(data.get("channel"), since_seq=data.get("sinceSeq"))
+            # each subscribe counts against the token's rate limit and sees a revocation
+            services = self.services
+            await services.auth.authenticate(self._authorization)
+            services.rate_limiter.check(f"token:{self._token_id}")
+            await sub.subscribe(parse_channel(data.get("channel")), since_seq=data.get("sinceSeq"))
         elif kind == "unsubscribe":
-            sub.unsubscribe(data.get("channel"))
+            sub.unsubscribe(parse_channel(data.get("channel")))
         else:
             raise ValidationFailed(
                 "unknown message type: use subscribe or unsubscribe", allowed=list(MESSAGE_TYPES)

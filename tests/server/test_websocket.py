@@ -13,7 +13,8 @@ from tornado.websocket import WebSocketClientConnection
 
 from qubix_jupyter.db.models import Job, Provider
 from qubix_jupyter.market.states import ProviderType
-from qubix_jupyter.server_extension.events import EventHub, EventType
+from qubix_jupyter.server_extension.app import QubixExtension
+from qubix_jupyter.server_extension.events import EventHub, EventType, HeartbeatPolicy
 from qubix_jupyter.server_extension.handlers import SERVICES
 from qubix_jupyter.server_extension.websocket import EVENTS
 
@@ -319,3 +320,65 @@ async def test_events_are_documented_in_openapi(api: Api):
     assert "x-websocket" in operation
     assert {"101", "401", "403"} <= set(operation["responses"])
     assert "tokenQuery" in document["components"]["securitySchemes"]
+
+
+@pytest.fixture
+def fast_pings(monkeypatch: pytest.MonkeyPatch) -> HeartbeatPolicy:
+    """Request it before the server fixtures: the handler pings every 0.2 s."""
+    policy = HeartbeatPolicy(ping_interval=0.2, ping_timeout=0.2)
+    monkeypatch.setattr(QubixExtension, "event_heartbeat", policy)
+    return policy
+
+
+async def test_a_peer_that_stops_answering_pings_is_closed(
+    fast_pings: HeartbeatPolicy, api: Api, ws_connect, hub: EventHub
+):
+    token = (await login(api))["token"]
+    alive = await ws_connect(token)
+    half_open = await ws_connect(token)
+    await subscribe(alive, "marketplace")
+    await subscribe(half_open, "marketplace")
+    half_open.protocol._send_pong = lambda data: None  # type: ignore[union-attr]
+
+    message = await asyncio.wait_for(half_open.read_message(), 10 * fast_pings.dead_after)
+    assert message is None
+    assert half_open.close_reason == "ping timed out"
+    # the client that answers its pings is still served
+    await asyncio.sleep(2 * fast_pings.dead_after)
+    seq = hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": "w-1"})
+    assert (await recv(alive))["seq"] == seq
+    assert hub.connections == 1
+    alive.close()
+    half_open.close()
+
+
+async def test_a_revoked_token_ends_the_connection_at_its_next_subscribe(api: Api, ws_connect):
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)
+    await subscribe(ws, "marketplace")
+    assert (await api("POST", "auth/revoke", token=token)).code == 200
+    [error] = await subscribe(ws, "wallet")
+    assert (error["status"], error["error"]["code"]) == (401, "unauthorized")
+    assert await asyncio.wait_for(ws.read_message(), 5) is None
+    assert (ws.close_code, ws.close_reason) == (4401, "unauthorized")
+    ws.close()
+
+
+@pytest.mark.parametrize("qubix_config", [{"token_ttl_seconds": 2}])
+async def test_the_connection_closes_when_its_token_expires(api: Api, ws_connect):
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)
+    assert await asyncio.wait_for(ws.read_message(), 5) is None
+    assert (ws.close_code, ws.close_reason) == (4401, "token_expired")
+    ws.close()
+
+
+@pytest.mark.parametrize("qubix_config", [{"rate_limit_per_minute": 3}])
+async def test_subscribes_count_against_the_rate_limit(api: Api, ws_connect):
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)  # 1
+    await subscribe(ws, "marketplace")  # 2
+    await subscribe(ws, "wallet")  # 3
+    [error] = await subscribe(ws, "marketplace")
+    assert (error["status"], error["error"]["code"]) == (429, "rate_limited")
+    ws.close()
