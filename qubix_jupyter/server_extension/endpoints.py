@@ -24,6 +24,7 @@ class Call:
     params: dict[str, str]  # named groups of the route's path
     owner: TokenOwner | None  # the authenticated caller; None on public routes
     openapi: dict[str, Any]
+    query: Any = None  # the route's query model (parsed query string), or None
 
     @property
     def caller(self) -> TokenOwner:

@@ -29,6 +29,7 @@ from .errors import (
     RateLimited,
     ValidationFailed,
 )
+from .query import parse_query
 from .routes import Route
 from .services import Services
 
@@ -189,7 +190,10 @@ class RouteHandler(QubixAPIHandler):
             owner = await services.auth.authenticate(self.request.headers.get("Authorization"))
             services.rate_limiter.check(f"token:{owner.token_id}")
         body = self._body(route)
-        call = Call(services, body, params, owner, self.settings[OPENAPI])
+        query = (
+            None if route.query is None else parse_query(route.query, self.request.query_arguments)
+        )
+        call = Call(services, body, params, owner, self.settings[OPENAPI], query)
         return await route.endpoint(call)
 
     def _body(self, route: Route) -> BaseModel | None:

@@ -29,6 +29,9 @@ _ROUTE_ERRORS = {
     401: "No, unknown, expired or revoked bearer token (or, at connect, a bad signature or "
     "challenge)",
     403: "Not yours",
+    404: "No such record",
+    409: "Conflict with the current state (e.g. a workerId registered by another user)",
+    422: "A query parameter does not match the schema (the details name each one)",
 }
 
 _ALT_STATUSES = {503: "Degraded: a dependency (the database) does not answer"}
@@ -39,6 +42,28 @@ def _error_response(description: str) -> dict[str, Any]:
         "description": description,
         "content": {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}},
     }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """One ``in: query`` parameter per field of the route's query model (lists: repeat it, or
+    give a comma list)."""
+    schema = model.model_json_schema(mode="validation")
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, prop in schema["properties"].items():
+        parameter: dict[str, Any] = {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "schema": {k: v for k, v in prop.items() if k not in {"title", "description"}},
+        }
+        if "description" in prop:
+            parameter["description"] = prop["description"]
+        if prop.get("type") == "array":
+            parameter["style"] = "form"
+            parameter["explode"] = True
+        parameters.append(parameter)
+    return parameters
 
 
 def _operation(route: Route) -> dict[str, Any]:
@@ -70,6 +95,8 @@ def _operation(route: Route) -> dict[str, Any]:
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in route.path_params
         ]
+    if route.query is not None:
+        op.setdefault("parameters", []).extend(_query_parameters(route.query))
     if route.body is not None:
         op["requestBody"] = {
             "required": True,
@@ -83,7 +110,7 @@ def _operation(route: Route) -> dict[str, Any]:
     if not route.public:
         statuses[401] = _ROUTE_ERRORS[401]
     for status in route.errors:
-        statuses[status] = _ROUTE_ERRORS.get(status, "Error")
+        statuses.setdefault(status, _ROUTE_ERRORS.get(status, "Error"))
     for status in sorted(statuses):
         op["responses"][str(status)] = _error_response(statuses[status])
     return op

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from pydantic import BaseModel
 
 from . import endpoints, models
+from . import marketplace_endpoints as market
+from . import marketplace_models as market_models
 
 API_PREFIX = "qubix/api/"
 
@@ -32,6 +34,8 @@ class Route:
     summary: str
     response: type[BaseModel]
     body: type[BaseModel] | None = None
+    #: The query string's model: each field one query parameter (a list field may repeat).
+    query: type[BaseModel] | None = None
     public: bool = False
     roles: frozenset[str] = MARKET
     tag: str = "market"
@@ -118,6 +122,66 @@ ROUTES: tuple[Route, ...] = (
         "The signed-in user",
         models.MeResponse,
         tag="auth",
+    ),
+    # Marketplace. The fixed paths come before providers/{workerId}, which would match them.
+    Route(
+        "GET",
+        "providers",
+        market.list_providers,
+        "The marketplace: listed GPU offers, filtered, sorted and paged",
+        market_models.OfferPage,
+        query=market_models.ProviderSearchQuery,
+        public=True,
+        tag="marketplace",
+        errors=(422,),
+    ),
+    Route(
+        "POST",
+        "providers/quick-register",
+        market.quick_register,
+        "Register your worker as a provider and list its offer; again with the same workerId "
+        "returns the same provider",
+        market_models.QuickRegisterResponse,
+        body=market_models.QuickRegisterRequest,
+        tag="marketplace",
+        errors=(403, 409),
+    ),
+    Route(
+        "GET",
+        "providers/check-new",
+        market.check_new,
+        "Your most recently registered provider, or null",
+        market_models.CheckNewResponse,
+        tag="marketplace",
+    ),
+    Route(
+        "GET",
+        r"providers/(?P<workerId>[^/]+)",
+        market.get_provider,
+        "One listed offer",
+        market_models.OfferOut,
+        public=True,
+        tag="marketplace",
+        errors=(404,),
+    ),
+    Route(
+        "PATCH",
+        r"providers/(?P<workerId>[^/]+)",
+        market.update_provider,
+        "Change your offer: price, name, location, availability",
+        market_models.ProviderResponse,
+        body=market_models.UpdateProviderRequest,
+        tag="marketplace",
+        errors=(403, 404),
+    ),
+    Route(
+        "DELETE",
+        r"providers/(?P<workerId>[^/]+)",
+        market.unlist_provider,
+        "Take your offer off the marketplace (registering the worker again lists it again)",
+        market_models.ProviderResponse,
+        tag="marketplace",
+        errors=(403, 404),
     ),
 )
 
