@@ -102,10 +102,12 @@ class OfferRow:
 # Small vocabularies so filters hit and prices/performance tie; case and space variants on purpose.
 MODELS = ["RTX 4090", "rtx 4090", "Rtx 4090 ", "A100", "a100", "H100", "CPU only"]
 LOCATIONS = ["EU", "eu", "US-East", "Asia"]
-VRAMS = st.sampled_from([0.0, 8.0, 12.0, 24.0, 80.0]) | st.floats(
-    0, 100, allow_nan=False, allow_subnormal=False
-)
-PRICES = st.sampled_from([0, 1, 10, 40, 100]) | st.integers(0, 1000)
+# Values on the filters' boundaries come from the same small sets as the filters, most of the
+# time, so that ``>=`` against ``>`` and ``<=`` against ``<`` are told apart in most runs.
+VRAM_STEPS = st.sampled_from([0.0, 8.0, 12.0, 24.0, 80.0])
+PRICE_STEPS = st.sampled_from([0, 1, 10, 40, 100, 500])
+VRAMS = VRAM_STEPS | VRAM_STEPS | st.floats(0, 100, allow_nan=False, allow_subnormal=False)
+PRICES = PRICE_STEPS | PRICE_STEPS | st.integers(0, 1000)
 PERFORMANCE = st.none() | st.sampled_from([10.0, 82.6]) | st.floats(0, 1000, allow_subnormal=False)
 
 offers = st.builds(
@@ -120,13 +122,24 @@ offers = st.builds(
     is_available=st.booleans(),
     is_listed=st.booleans() | st.just(True),
 )
-populations = st.lists(offers, max_size=40, unique_by=lambda o: o.id)
+populations = st.lists(offers, min_size=10, max_size=60, unique_by=lambda o: o.id)
+
+
+def sometimes(strategy: st.SearchStrategy[Any], absent: Any = None) -> st.SearchStrategy[Any]:
+    """``strategy`` half of the time, else ``absent``: most queries keep results to check."""
+    return st.booleans().flatmap(lambda present: strategy if present else st.just(absent))
+
+
 queries = st.builds(
     MarketplaceQuery,
-    gpu_models=st.lists(st.sampled_from([*MODELS, "RTX 4090", "B200"]), max_size=3).map(tuple),
-    min_vram=st.none() | VRAMS,
-    max_price=st.none() | PRICES,
-    locations=st.lists(st.sampled_from([*LOCATIONS, "Mars"]), max_size=2).map(tuple),
+    gpu_models=sometimes(
+        st.lists(st.sampled_from([*MODELS, "RTX 4090", "B200"]), min_size=1, max_size=4), ()
+    ).map(tuple),
+    min_vram=sometimes(VRAMS),
+    max_price=sometimes(PRICES),
+    locations=sometimes(
+        st.lists(st.sampled_from([*LOCATIONS, "Mars"]), min_size=1, max_size=3), ()
+    ).map(tuple),
     availability=st.sampled_from(["available", "all"]),
     sort_by=st.sampled_from(["price", "performance", "availability"]),
     limit=st.integers(1, 60),
@@ -170,6 +183,14 @@ def test_filter_correctness(database_url: DatabaseURL) -> None:
         data=st.data(),
     )
     def check(population: list[OfferRow], query: MarketplaceQuery, data: st.DataObject) -> None:
+        # Put the bounds on some offer's own value half of the time: the boundary is where a
+        # filter is most easily wrong (> for >=).
+        if query.min_vram is not None and data.draw(st.booleans(), label="vram on an offer"):
+            offer = data.draw(st.sampled_from(population), label="vram offer")
+            query = dataclasses.replace(query, min_vram=offer.gpu_vram)
+        if query.max_price is not None and data.draw(st.booleans(), label="price on an offer"):
+            offer = data.draw(st.sampled_from(population), label="price offer")
+            query = dataclasses.replace(query, max_price=offer.price_per_hour)
         expected = sorted((o for o in population if query.matches(o)), key=query.sort_key)
         window = data.draw(st.integers(0, len(expected) + 2), label="offset")
 
