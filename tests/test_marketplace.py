@@ -178,7 +178,7 @@ def test_filter_correctness(database_url: DatabaseURL) -> None:
 
     @settings(max_examples=100, deadline=None)
     @given(
-        population=st.lists(offers, max_size=40, unique_by=lambda o: o.id),
+        population=populations,
         query=queries,
         data=st.data(),
     )
