@@ -7,6 +7,7 @@ filter, order and page through, and refuses bad ones with a 422 naming the param
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,21 @@ async def test_quick_register_twice_is_the_same_provider(api: Api):
 
     listed = body_of(await api("GET", "providers", token=token))
     assert listed["total"] == 0  # offline: not in the default (available) listing
+
+
+async def test_concurrent_registrations_of_one_worker_make_one_provider(api: Api):
+    """Property 2 under a race: the same worker registered by several requests at once."""
+    token = (await login(api))["token"]
+    answers = await asyncio.gather(
+        *(
+            api("POST", "providers/quick-register", json_body=offer("racer", ALICE), token=token)
+            for _ in range(5)
+        )
+    )
+    assert [a.code for a in answers] == [200] * 5, [a.body for a in answers]
+    bodies = [body_of(a) for a in answers]
+    assert len({b["provider"]["id"] for b in bodies}) == 1
+    assert sorted(b["created"] for b in bodies) == [False] * 4 + [True]
 
 
 async def test_quick_register_refusals(api: Api):
