@@ -149,6 +149,19 @@ class SettlementBackend(abc.ABC):
     builds one by name."""
 
     name: str = "abstract"
+    ledger: LedgerPort
+
+    async def _credit_deposit(
+        self, user_id: str, tx_id: str, amount: int, tick: int
+    ) -> DepositCredit | None:
+        """Credit one money-moving chain transfer to the user's wallet, keyed by its tx id so it
+        is credited once however often it is seen; None when it had been credited already."""
+        receipt = await self.ledger.deposit(
+            user_id, amount, idempotency_key=deposit_idempotency_key(tx_id), qubic_tx_hash=tx_id
+        )
+        if getattr(receipt, "replayed", False):
+            return None
+        return DepositCredit(user_id, tx_id, amount, tick)
 
     @abc.abstractmethod
     async def deposit_identity_for(self, user_id: str) -> str:

@@ -35,7 +35,6 @@ from .base import (
     SettlementBackend,
     UnknownPayout,
     check_payout_transition,
-    deposit_idempotency_key,
     payout_idempotency_key,
     refund_idempotency_key,
     utcnow,
@@ -358,14 +357,9 @@ class MemoryBackend(SettlementBackend):
             for tx in self.chain.incoming(identity, after_tick=seen_to - 1):
                 if not tx.money_flew:
                     continue
-                receipt = await self.ledger.deposit(
-                    user_id,
-                    tx.amount,
-                    idempotency_key=deposit_idempotency_key(tx.tx_id),
-                    qubic_tx_hash=tx.tx_id,
-                )
-                if not getattr(receipt, "replayed", False):
-                    credits.append(DepositCredit(user_id, tx.tx_id, tx.amount, tx.tick))
+                credit = await self._credit_deposit(user_id, tx.tx_id, tx.amount, tx.tick)
+                if credit is not None:
+                    credits.append(credit)
             self._scanned_tick[identity] = max(seen_to, now)
             self._sweep(identity)
         return credits

@@ -66,7 +66,6 @@ from .base import (
     SettlementNotConfigured,
     UnknownPayout,
     check_payout_transition,
-    deposit_idempotency_key,
     payout_idempotency_key,
     refund_idempotency_key,
     utcnow,
@@ -347,14 +346,9 @@ class QubicBackend(SettlementBackend):
                 continue
             if tx.amount <= 0:
                 continue
-            receipt = await self.ledger.deposit(
-                user_id,
-                tx.amount,
-                idempotency_key=deposit_idempotency_key(tx.hash),
-                qubic_tx_hash=tx.hash,
-            )
-            if not getattr(receipt, "replayed", False):
-                credits.append(DepositCredit(user_id, tx.hash, tx.amount, tx.tick_number))
+            credit = await self._credit_deposit(user_id, tx.hash, tx.amount, tx.tick_number)
+            if credit is not None:
+                credits.append(credit)
         return credits
 
     # ------------------------------------------------------------------ payout requests
