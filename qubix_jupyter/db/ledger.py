@@ -28,13 +28,12 @@ from typing import Any
 import psycopg
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ..market.errors import (
     AmountTooLarge,
     IdempotencyConflict,
     InsufficientFunds,
-    InvalidAmount,
     InvalidState,
     QubixError,
     UnknownAccount,
@@ -79,6 +78,11 @@ class Receipt:
         data["entry_ids"] = list(self.entry_ids)
         del data["replayed"]
         return data
+
+    @classmethod
+    def from_function(cls, data: dict[str, Any]) -> Receipt:
+        """A receipt as a PL/pgSQL ledger function returns it, with its ``replayed`` flag."""
+        return cls.from_json(data, replayed=bool(data.pop("replayed")))
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, replayed: bool) -> Receipt:
@@ -136,10 +140,10 @@ def _domain_error(exc: BaseException | None) -> QubixError | None:
     return error(diag.message_primary or "", **json.loads(diag.message_detail or "{}"))
 
 
-def _is_transient(exc: DBAPIError) -> bool:
-    if _sqlstate(exc) in _TRANSIENT:
+def _is_transient(driver_error: BaseException | None) -> bool:
+    if getattr(driver_error, "sqlstate", None) in _TRANSIENT:
         return True
-    return "database is locked" in str(exc.orig)
+    return "database is locked" in str(driver_error)  # SQLite past its busy timeout
 
 
 class _Work:
@@ -281,18 +285,12 @@ class Ledger:
                 if not _is_key_collision(exc):
                     raise
                 # The twin committed first: the next attempt replays its receipt.
-            except psycopg.Error as exc:  # from the raw hot path
-                domain = _domain_error(exc)
+            except (psycopg.Error, DBAPIError) as exc:  # raw hot path, or through SQLAlchemy
+                driver_error = exc.orig if isinstance(exc, DBAPIError) else exc
+                domain = _domain_error(driver_error)
                 if domain is not None:
                     raise domain from None
-                if exc.sqlstate not in _TRANSIENT or attempt == self._max_attempts - 1:
-                    raise
-                await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
-            except DBAPIError as exc:
-                domain = _domain_error(exc.orig)
-                if domain is not None:
-                    raise domain from None
-                if not _is_transient(exc) or attempt == self._max_attempts - 1:
+                if not _is_transient(driver_error) or attempt == self._max_attempts - 1:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
         raise RuntimeError(f"{operation} {key!r} did not settle after {self._max_attempts} tries")
@@ -321,12 +319,11 @@ class Ledger:
             )
             row = await cursor.fetchone()
         assert row is not None
-        data = row[0]
-        return Receipt.from_json(data, replayed=bool(data.pop("replayed")))
+        return Receipt.from_function(row[0])
 
     @staticmethod
     async def _call(
-        session: AsyncSession | AsyncConnection,
+        session: AsyncSession,
         function: str,
         key: str,
         request_hash: str,
@@ -337,7 +334,7 @@ class Ledger:
         data = (
             await session.execute(statement, {"key": key, "request_hash": request_hash, **args})
         ).scalar_one()
-        return Receipt.from_json(data, replayed=bool(data.pop("replayed")))
+        return Receipt.from_function(data)
 
     @staticmethod
     def _replay(prior: IdempotencyKey, operation: str, request_hash: str) -> Receipt:
@@ -698,7 +695,6 @@ async def audit(session: AsyncSession) -> AuditReport:
 __all__ = [
     "MAX_KEY_LENGTH",
     "AuditReport",
-    "InvalidAmount",
     "InvalidIdempotencyKey",
     "Ledger",
     "Receipt",

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..market.errors import InvalidAmount, UnknownJob, UnknownUser
+from ..market.errors import UnknownJob, UnknownUser
 from ..market.money import escrow_for, require_amount
 from ..market.states import (
     AccountKind,
@@ -90,10 +90,7 @@ async def create_job(
 ) -> Job:
     """A PENDING job whose estimated cost is the most it may cost at ``max_price``."""
     require_amount(max_price, name="max_price", allow_zero=True)
-    if isinstance(compute_seconds, bool) or not isinstance(compute_seconds, int):
-        raise InvalidAmount("compute_seconds must be an integer", field="compute_seconds")
-    if compute_seconds <= 0:
-        raise InvalidAmount("compute_seconds must be > 0", field="compute_seconds")
+    require_amount(compute_seconds, name="compute_seconds")
     if await session.get(User, user_id) is None:
         raise UnknownUser(f"no user {user_id!r}", user_id=user_id)
     job = Job(

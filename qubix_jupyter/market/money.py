@@ -58,10 +58,6 @@ class ChargeSplit:
     fee: int
     refund: int
 
-    @property
-    def escrow(self) -> int:
-        return self.provider + self.fee + self.refund
-
 
 def split_charge(
     *, escrow: int, price_per_hour: int, seconds: int, platform_fee_bps: int

@@ -15,10 +15,6 @@ class JobStatus(enum.StrEnum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
 
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL_JOB_STATES
-
 
 TERMINAL_JOB_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
