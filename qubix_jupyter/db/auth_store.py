@@ -15,8 +15,8 @@ from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .auth_models import ApiToken, LoginChallenge
-from .models import User
+from .auth_models import ApiToken, LoginChallenge, WorkerToken
+from .models import Provider, User
 from .repositories import create_user
 
 
@@ -36,6 +36,30 @@ class TokenOwner:
     user: User
     token_id: str
     expires_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkerOwner:
+    """The provider a live worker token stands for."""
+
+    provider_id: str
+    worker_id: str
+    user_id: str
+    token_id: str
+
+
+async def add_worker_token(
+    session: AsyncSession, provider_id: str, token_hash: str, *, now: dt.datetime
+) -> None:
+    """Store a new worker token for ``provider_id`` and revoke its earlier ones, in the caller's
+    transaction (the registration that issues it): one live token per provider."""
+    await session.execute(
+        update(WorkerToken)
+        .where(WorkerToken.provider_id == provider_id, WorkerToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    session.add(WorkerToken(provider_id=provider_id, token_hash=token_hash, created_at=now))
+    await session.flush()
 
 
 class AuthStore:
@@ -159,3 +183,15 @@ class AuthStore:
                 .values(revoked_at=now)
             )
             return _rowcount(result) == 1
+
+    async def worker_owner(self, token_hash: str) -> WorkerOwner | None:
+        """The provider of a live (unrevoked) worker token, else None."""
+        async with self._sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(Provider.id, Provider.worker_id, Provider.user_id, WorkerToken.id)
+                    .join(WorkerToken, WorkerToken.provider_id == Provider.id)
+                    .where(WorkerToken.token_hash == token_hash, WorkerToken.revoked_at.is_(None))
+                )
+            ).one_or_none()
+            return None if row is None else WorkerOwner(*row)

@@ -30,6 +30,7 @@ from ..config import default_database_url
 from ..db import migrate
 from ..db.auth_store import AuthStore
 from ..db.engine import make_engine, make_sessionmaker
+from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy
@@ -235,6 +236,7 @@ class QubixExtension(ExtensionApp):
             wallets=WalletService(sessionmaker, ledger),
             health=HealthService(engine),
             rate_limiter=RateLimiter(self.rate_limit_per_minute),
+            idempotency=IdempotencyStore(sessionmaker),
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
         )

@@ -16,12 +16,14 @@ import secrets
 import time
 from collections.abc import Callable
 
-from ..db.auth_store import AuthStore, TokenOwner
+from ..db.auth_store import AuthStore, TokenOwner, WorkerOwner
 from ..db.models import User
 from ..settlement.wallet import verify_challenge
 from .errors import InvalidChallenge, InvalidSignature, RateLimited, Unauthorized
 
 CHALLENGE_PREFIX = "qubix-login:"
+#: Worker tokens carry a prefix, so that a log line or a misdirected header says what it is.
+WORKER_TOKEN_PREFIX = "qxw_"
 
 
 def token_hash(token: str) -> str:
@@ -60,6 +62,8 @@ class AuthService:
         self._token_ttl = dt.timedelta(seconds=token_ttl_seconds)
         self._challenge_ttl = dt.timedelta(seconds=challenge_ttl_seconds)
         self._clock = clock
+        #: worker token hash → (its provider, monotonic time until which the lookup stands)
+        self._workers: dict[str, tuple[WorkerOwner, float]] = {}
 
     async def issue_challenge(self, qubic_address: str) -> Challenge:
         now = self._clock()
@@ -108,6 +112,55 @@ class AuthService:
 
     async def revoke(self, owner: TokenOwner) -> bool:
         return await self._store.revoke(owner.token_id, now=self._clock())
+
+    # ------------------------------------------------------------------ worker tokens
+
+    #: Seconds a looked-up worker token is trusted without asking the database again: each
+    #: provider sends a heartbeat every few seconds, and a lookup per heartbeat would be most
+    #: of the market's database load. A registration in this process forgets it at once.
+    WORKER_CACHE_SECONDS = 10.0
+
+    @staticmethod
+    def new_worker_token() -> tuple[str, str]:
+        """A fresh worker token and the hash to store: ``(token, token_hash)``."""
+        token = WORKER_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        return token, token_hash(token)
+
+    def forget_worker(self, provider_id: str) -> None:
+        """Drop cached lookups of ``provider_id``'s tokens (its tokens were just rotated)."""
+        cache = self._workers
+        for key in [k for k, (owner, _) in cache.items() if owner.provider_id == provider_id]:
+            del cache[key]
+
+    async def authenticate_worker(self, authorization: str | None) -> WorkerOwner:
+        """The provider of the ``Authorization: Bearer <workerToken>`` header's live token."""
+        if not authorization:
+            raise Unauthorized(
+                "missing `Authorization: Bearer <workerToken>`: register the worker first "
+                "(POST providers/quick-register answers its workerToken)"
+            )
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token.startswith(WORKER_TOKEN_PREFIX):
+            raise Unauthorized("this endpoint takes the provider's worker token, not a user token")
+        if len(token) > 200:
+            raise Unauthorized("malformed worker token")
+        hashed = token_hash(token)
+        cache = self._workers
+        now = time.monotonic()
+        cached = cache.get(hashed)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        owner = await self._store.worker_owner(hashed)
+        if owner is None:
+            cache.pop(hashed, None)
+            raise Unauthorized(
+                "unknown or revoked worker token: the worker was registered again since"
+            )
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[hashed] = (owner, now + self.WORKER_CACHE_SECONDS)
+        return owner
 
 
 class RateLimiter:

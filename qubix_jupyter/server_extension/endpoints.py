@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import __version__
-from ..db.auth_store import TokenOwner
+from ..db.auth_store import TokenOwner, WorkerOwner
 from ..db.models import User
 from . import models
 from .errors import Forbidden
@@ -25,11 +25,25 @@ class Call:
     owner: TokenOwner | None  # the authenticated caller; None on public routes
     openapi: dict[str, Any]
     query: Any = None  # the route's query model (parsed query string), or None
+    worker: WorkerOwner | None = None  # the calling provider on worker routes
+    #: On idempotent routes: a key unique to this request (the same on its retries under one
+    #: Idempotency-Key). Derive every ledger key of the request from it, e.g. ``f"{key}:escrow"``.
+    idempotency_key: str | None = None
 
     @property
     def caller(self) -> TokenOwner:
-        assert self.owner is not None, "only authenticated routes ask for the caller"
+        assert self.owner is not None, "only user routes ask for the caller"
         return self.owner
+
+    @property
+    def calling_worker(self) -> WorkerOwner:
+        assert self.worker is not None, "only worker routes ask for the calling worker"
+        return self.worker
+
+    @property
+    def request_key(self) -> str:
+        assert self.idempotency_key is not None, "only idempotent routes have a request key"
+        return self.idempotency_key
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:

@@ -8,7 +8,11 @@ escapes to tornado, which logs it and calls :meth:`QubixAPIHandler.write_error` 
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
+import re
+import uuid
 from http import HTTPStatus
 from typing import Any
 
@@ -18,6 +22,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
 from tornado.web import HTTPError, stream_request_body
 
+from ..db.idempotency_store import Answer
 from ..market.errors import QubixError
 from .endpoints import Call, Reply
 from .errors import (
@@ -35,6 +40,10 @@ from .services import Services
 
 SERVICES = "qubix_services"
 OPENAPI = "qubix_openapi"
+
+
+#: An Idempotency-Key: 1 to 200 printable ASCII characters, no spaces.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -162,17 +171,40 @@ class RouteHandler(QubixAPIHandler):
         await self._dispatch(params)
 
     async def _dispatch(self, params: dict[str, str]) -> None:
+        self._claimed: tuple[str, str] | None = None
         try:
             result = await self._call(params)
         except QubixError as error:
+            await self._release_claim()
             self.write_qubix_error(error)
             return
-        if isinstance(result, Reply):
+        except BaseException:
+            await self._release_claim()
+            raise
+        if isinstance(result, Answer):  # a retry of a finished request: its first answer
             self.set_status(result.status)
+            self.set_header("Idempotent-Replayed", "true")
+            self.finish(json.dumps(result.body))
+            return
+        status = 200
+        if isinstance(result, Reply):
+            status = result.status
             result = result.body
-        self.finish(result.model_dump_json(by_alias=True))
+        encoded = result.model_dump_json(by_alias=True)
+        if self._claimed is not None:
+            scope, key = self._claimed
+            await self.services.idempotency.complete(
+                scope, key, status, json.loads(encoded), now=dt.datetime.now(dt.UTC)
+            )
+        self.set_status(status)
+        self.finish(encoded)
 
-    async def _call(self, params: dict[str, str]) -> BaseModel | Reply:
+    async def _release_claim(self) -> None:
+        if self._claimed is not None:
+            await self.services.idempotency.release(*self._claimed)
+            self._claimed = None
+
+    async def _call(self, params: dict[str, str]) -> BaseModel | Reply | Answer:
         services = self.services
         route = self.routes.get(self.request.method or "")
         if route is None:
@@ -183,18 +215,65 @@ class RouteHandler(QubixAPIHandler):
             raise Forbidden(
                 "this origin may not call the market API (see QubixExtension.allowed_origins)"
             )
-        if route.public:
-            owner = None
+        owner = worker = None
+        authorization = self.request.headers.get("Authorization")
+        if route.auth == "public":
             services.rate_limiter.check(f"ip:{self.request.remote_ip}")
+            scope = f"ip:{self.request.remote_ip}"
+        elif route.auth == "worker":
+            worker = await services.auth.authenticate_worker(authorization)
+            services.rate_limiter.check(f"worker:{worker.token_id}")
+            scope = f"worker:{worker.provider_id}"
         else:
-            owner = await services.auth.authenticate(self.request.headers.get("Authorization"))
+            owner = await services.auth.authenticate(authorization)
             services.rate_limiter.check(f"token:{owner.token_id}")
+            scope = f"user:{owner.user.id}"
         body = self._body(route)
         query = (
             None if route.query is None else parse_query(route.query, self.request.query_arguments)
         )
-        call = Call(services, body, params, owner, self.settings[OPENAPI], query)
+        request_key = None
+        if route.idempotent:
+            request_key, answer = await self._claim(route, scope, params)
+            if answer is not None:
+                return answer
+        call = Call(
+            services, body, params, owner, self.settings[OPENAPI], query, worker, request_key
+        )
         return await route.endpoint(call)
+
+    async def _claim(
+        self, route: Route, scope: str, params: dict[str, str]
+    ) -> tuple[str, Answer | None]:
+        """The request's key for its ledger operations, and the stored answer of a retry.
+
+        Without an Idempotency-Key the request is its own: a random key, nothing stored.
+        """
+        header = self.request.headers.get("Idempotency-Key")
+        if header is None:
+            return f"req:{uuid.uuid4().hex}", None
+        if not _IDEMPOTENCY_KEY.fullmatch(header):
+            raise ValidationFailed(
+                "Idempotency-Key must be 1 to 200 printable ASCII characters without spaces",
+                errors=[{"loc": ["header", "Idempotency-Key"], "msg": "bad key", "type": "value"}],
+            )
+        raw = b"".join(self._chunks)
+        try:
+            canonical: Any = json.loads(raw) if raw.strip() else {}
+        except ValueError:  # pragma: no cover - _body refused it already
+            canonical = raw.decode("utf-8", "replace")
+        request_hash = hashlib.sha256(
+            json.dumps(
+                [route.method, route.path, params, canonical], sort_keys=True, default=str
+            ).encode()
+        ).hexdigest()
+        answer = await self.services.idempotency.claim(
+            scope, header, request_hash, now=dt.datetime.now(dt.UTC)
+        )
+        if answer is None:
+            self._claimed = (scope, header)
+        digest = hashlib.sha256(f"{scope}\x00{header}".encode()).hexdigest()[:40]
+        return f"req:{digest}", answer
 
     def _body(self, route: Route) -> BaseModel | None:
         limit = self.services.max_body_bytes

@@ -11,12 +11,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import marketplace as db
-from ..db.models import Provider
+from ..db.auth_store import add_worker_token
+from ..db.models import Provider, utcnow
 from ..market.marketplace import InvalidMarketplaceQuery, MarketplaceQuery, UnknownProvider
 from ..market.states import ProviderType
 from . import marketplace_models as m
 from .endpoints import Call, _utc
 from .errors import Forbidden, ValidationFailed
+from .route import Route
 
 #: MarketplaceQuery's field → the API's parameter, to name a refused value in its 422.
 _PARAMETER = {
@@ -156,8 +158,13 @@ async def quick_register(call: Call) -> BaseModel:
             name=body.name,
             location=body.location,
         )
+        worker_token, hashed = call.services.auth.new_worker_token()
+        await add_worker_token(session, provider.id, hashed, now=utcnow())
         out = provider_out(provider)
-    return m.QuickRegisterResponse(success=True, provider=out, created=created)
+    call.services.auth.forget_worker(provider.id)
+    return m.QuickRegisterResponse(
+        success=True, provider=out, created=created, workerToken=worker_token
+    )
 
 
 async def check_new(call: Call) -> BaseModel:
@@ -196,3 +203,67 @@ async def unlist_provider(call: Call) -> BaseModel:
         provider = await db.unlist_provider(session, found.id, call.caller.user.id)
         out = provider_out(provider)
     return m.ProviderResponse(success=True, provider=out)
+
+
+ROUTES: tuple[Route, ...] = (
+    # Marketplace. The fixed paths come before providers/{workerId}, which would match them.
+    Route(
+        "GET",
+        "providers",
+        list_providers,
+        "The marketplace: listed GPU offers, filtered, sorted and paged",
+        m.OfferPage,
+        query=m.ProviderSearchQuery,
+        auth="public",
+        tag="marketplace",
+        errors=(422,),
+    ),
+    Route(
+        "POST",
+        "providers/quick-register",
+        quick_register,
+        "Register your worker as a provider and list its offer; again with the same workerId "
+        "returns the same provider",
+        m.QuickRegisterResponse,
+        body=m.QuickRegisterRequest,
+        tag="marketplace",
+        errors=(403, 409),
+    ),
+    Route(
+        "GET",
+        "providers/check-new",
+        check_new,
+        "Your most recently registered provider, or null",
+        m.CheckNewResponse,
+        tag="marketplace",
+    ),
+    Route(
+        "GET",
+        r"providers/(?P<workerId>[^/]+)",
+        get_provider,
+        "One listed offer",
+        m.OfferOut,
+        auth="public",
+        tag="marketplace",
+        errors=(404,),
+    ),
+    Route(
+        "PATCH",
+        r"providers/(?P<workerId>[^/]+)",
+        update_provider,
+        "Change your offer: price, name, location, availability",
+        m.ProviderResponse,
+        body=m.UpdateProviderRequest,
+        tag="marketplace",
+        errors=(403, 404),
+    ),
+    Route(
+        "DELETE",
+        r"providers/(?P<workerId>[^/]+)",
+        unlist_provider,
+        "Take your offer off the marketplace (registering the worker again lists it again)",
+        m.ProviderResponse,
+        tag="marketplace",
+        errors=(403, 404),
+    ),
+)

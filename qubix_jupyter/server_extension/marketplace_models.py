@@ -198,6 +198,11 @@ class ProviderResponse(Response):
 
 class QuickRegisterResponse(ProviderResponse):
     created: bool = Field(description="false: this worker was registered before (same provider)")
+    workerToken: str = Field(
+        description="the worker's own bearer token for its heartbeats, job progress and results "
+        "and to join the scheduler; shown once. Registering the worker again issues a new one "
+        "and revokes this one."
+    )
 
 
 class CheckNewResponse(Response):

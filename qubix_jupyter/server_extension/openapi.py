@@ -66,12 +66,29 @@ def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
     return parameters
 
 
+_SECURITY: dict[str, list[dict[str, list[str]]]] = {
+    "public": [],
+    "user": [{"bearerAuth": []}],
+    "worker": [{"workerAuth": []}],
+}
+
+IDEMPOTENCY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "1 to 200 printable ASCII characters chosen by the client, unique per "
+    "request it means. A retry with the same key and body gets the first answer and moves no "
+    "money again; the same key with another body is a 409 idempotency_conflict.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[\\x21-\\x7e]+$"},
+}
+
+
 def _operation(route: Route) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": route.endpoint.__name__,
         "summary": route.summary,
         "tags": [route.tag],
-        "security": [] if route.public else [{"bearerAuth": []}],
+        "security": _SECURITY[route.auth],
         "responses": {
             "200": {
                 "description": "OK",
@@ -97,6 +114,8 @@ def _operation(route: Route) -> dict[str, Any]:
         ]
     if route.query is not None:
         op.setdefault("parameters", []).extend(_query_parameters(route.query))
+    if route.idempotent:
+        op.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
     if route.body is not None:
         op["requestBody"] = {
             "required": True,
@@ -109,6 +128,8 @@ def _operation(route: Route) -> dict[str, Any]:
         statuses.update(_BODY_ERRORS)
     if not route.public:
         statuses[401] = _ROUTE_ERRORS[401]
+    if route.idempotent:
+        statuses[409] = _ROUTE_ERRORS[409]
     for status in route.errors:
         statuses.setdefault(status, _ROUTE_ERRORS.get(status, "Error"))
     for status in sorted(statuses):
@@ -145,7 +166,13 @@ def openapi_document(routes: Iterable[Route], base_url: str = "/") -> dict[str, 
                     "type": "http",
                     "scheme": "bearer",
                     "description": "the market token from POST wallet/connect (not Jupyter's)",
-                }
+                },
+                "workerAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the provider's worker token from POST "
+                    "providers/quick-register (its workerToken)",
+                },
             },
         },
     }

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
 from ..db.models import Account, Job, Provider
 from ..market.states import AccountKind, JobStatus
@@ -77,5 +78,6 @@ class Services:
     wallets: WalletService
     health: HealthService
     rate_limiter: RateLimiter
+    idempotency: IdempotencyStore
     max_body_bytes: int
     allowed_origins: tuple[str, ...]

@@ -1,0 +1,121 @@
+"""Money-moving API requests by their caller's ``Idempotency-Key``.
+
+A request claims ``(scope, key)`` before it runs and stores its answer after. A retry with the
+same key and the same request gets the stored answer; the same key with another request is a
+conflict; a retry while the first is still running is told so. A claim whose request never
+finished (the server died in between) is taken over after ``stale_after``: the endpoints derive
+their ledger keys from the request key, so running it again moves no money twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any, cast
+
+from sqlalchemy import delete, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..market.errors import IdempotencyConflict, QubixError
+from .auth_models import IdempotentRequest
+
+
+class RequestInProgress(QubixError):
+    code = "request_in_progress"
+    status = 409
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Answer:
+    """The stored answer of a finished request."""
+
+    status: int
+    body: Any
+
+
+class IdempotencyStore:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        stale_after: dt.timedelta = dt.timedelta(minutes=2),
+        retention: dt.timedelta = dt.timedelta(days=1),
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self.stale_after = stale_after
+        self.retention = retention
+
+    async def claim(
+        self, scope: str, key: str, request_hash: str, *, now: dt.datetime
+    ) -> Answer | None:
+        """None: the caller runs the request now. An :class:`Answer`: replay it.
+
+        Raises :class:`IdempotencyConflict` (another request under this key) or
+        :class:`RequestInProgress` (the first one with this key has not finished yet).
+        """
+        try:
+            async with self._sessionmaker() as session, session.begin():
+                # Sweeping here keeps the table as large as a day's money-moving requests.
+                await session.execute(
+                    delete(IdempotentRequest).where(
+                        IdempotentRequest.created_at < now - self.retention
+                    )
+                )
+                session.add(
+                    IdempotentRequest(
+                        scope=scope, key=key, request_hash=request_hash, created_at=now
+                    )
+                )
+            return None
+        except IntegrityError:
+            pass  # the key is taken: by this request's first try, or by another request
+        async with self._sessionmaker() as session, session.begin():
+            prior = await session.get(IdempotentRequest, (scope, key), with_for_update=True)
+            if prior is None:  # swept or released in between: claim it again
+                session.add(
+                    IdempotentRequest(
+                        scope=scope, key=key, request_hash=request_hash, created_at=now
+                    )
+                )
+                return None
+            if prior.request_hash != request_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was already used for a different request",
+                    key=key,
+                )
+            if prior.status is not None:
+                return Answer(prior.status, prior.response)
+            created = prior.created_at
+            if created.tzinfo is None:
+                created = created.replace(tzinfo=dt.UTC)
+            if now - created < self.stale_after:
+                raise RequestInProgress(
+                    f"a request with Idempotency-Key {key!r} is still running: retry shortly",
+                    key=key,
+                )
+            prior.created_at = now  # abandoned by a server that died: this try takes it over
+            return None
+
+    async def complete(
+        self, scope: str, key: str, status: int, body: Any, *, now: dt.datetime
+    ) -> None:
+        async with self._sessionmaker() as session, session.begin():
+            await session.execute(
+                update(IdempotentRequest)
+                .where(IdempotentRequest.scope == scope, IdempotentRequest.key == key)
+                .values(status=status, response=body, completed_at=now)
+            )
+
+    async def release(self, scope: str, key: str) -> bool:
+        """Forget an unfinished claim (the request failed): a retry runs it again."""
+        async with self._sessionmaker() as session, session.begin():
+            result = await session.execute(
+                delete(IdempotentRequest).where(
+                    IdempotentRequest.scope == scope,
+                    IdempotentRequest.key == key,
+                    IdempotentRequest.status.is_(None),
+                )
+            )
+            return cast("CursorResult[Any]", result).rowcount == 1
