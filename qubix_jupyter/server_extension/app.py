@@ -223,6 +223,7 @@ class QubixExtension(ExtensionApp):
         sessionmaker = make_sessionmaker(engine)
         ledger = Ledger(sessionmaker, platform_fee_bps=self.platform_fee_bps)
         self.routes = routes_for(self.role, ROUTES)
+        self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
         services = Services(
             role=self.role,
             engine=engine,
@@ -237,11 +238,11 @@ class QubixExtension(ExtensionApp):
             health=HealthService(engine),
             rate_limiter=RateLimiter(self.rate_limit_per_minute),
             idempotency=IdempotencyStore(sessionmaker),
+            events=self.events,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
         )
         self.services = services
-        self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
         base_url = self.serverapp.base_url if self.serverapp else "/"
         document = openapi_document(self.routes, base_url)
         if self.role in MARKET:

@@ -15,6 +15,7 @@ from ..db.ledger import Ledger
 from ..db.models import Account, Job, Provider
 from ..market.states import AccountKind, JobStatus
 from .auth import AuthService, RateLimiter
+from .events import EventHub
 
 Role = Literal["market", "agent", "both"]
 
@@ -79,5 +80,7 @@ class Services:
     health: HealthService
     rate_limiter: RateLimiter
     idempotency: IdempotencyStore
+    #: The WebSocket hub: services publish their events here (``events.publish(channel, …)``).
+    events: EventHub
     max_body_bytes: int
     allowed_origins: tuple[str, ...]
