@@ -7,6 +7,13 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+def progress(fraction: float) -> None:
+    """Inside a job running on a provider: report ``fraction`` (0–1) done. Elsewhere a no-op."""
+    from .dask_provider.progress import progress as report
+
+    report(fraction)
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Jupyter server 2 finds the ``qubix`` extension here (enabled by the wheel's config file)."""
     # Imported on demand: `import qubix_jupyter` in a kernel must not pull in the server.

@@ -1,0 +1,175 @@
+"""Job runners in real child processes: every kind, every limit, every way a job can fail."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import pytest
+
+from qubix_jupyter.dask_provider import kinds
+from qubix_jupyter.dask_provider.errors import (
+    InvalidPayload,
+    JobCodeFailed,
+    MemoryLimitExceeded,
+    ResultTooLarge,
+    TimeBudgetExceeded,
+    UnknownJobKind,
+)
+from qubix_jupyter.dask_provider.runners import JobLimits, job_kinds, load_kind, run_job
+
+LIMITS = JobLimits(time_budget_s=60)
+
+
+def _square_plus(x: int, *, plus: int) -> int:
+    return x * x + plus
+
+
+def test_python_job_returns_its_result_pickled() -> None:
+    result = run_job("python", kinds.python_payload(_square_plus, 7, plus=1), LIMITS)
+    assert pickle.loads(result.data) == 50
+    assert result.seconds > 0
+
+
+def test_python_job_reports_progress_forward_only() -> None:
+    def work() -> str:
+        import qubix_jupyter as qubix
+
+        for fraction in (0.25, 0.1, 0.5, 1.0):  # 0.1 goes back: not relayed
+            qubix.progress(fraction)
+        return "done"
+
+    seen: list[float] = []
+    result = run_job("python", kinds.python_payload(work), LIMITS, on_progress=seen.append)
+    assert pickle.loads(result.data) == "done"
+    assert seen == [0.25, 0.5, 1.0]
+
+
+def test_cell_job_returns_stdout_stderr_output_and_variables() -> None:
+    source = (
+        "import sys\n"
+        "total = sum(range(10))\n"
+        "print('hello', total)\n"
+        "print('careful', file=sys.stderr)\n"
+        "progress(0.5)\n"
+        "{'total': total}\n"
+    )
+    payload = kinds.cell_payload(source, ["total", "nowhere"])
+    result = pickle.loads(run_job("cell", payload, LIMITS).data)
+    assert result["stdout"] == "hello 45\n"
+    assert result["stderr"] == "careful\n"
+    assert result["output"] == "{'total': 45}"
+    assert result["variables"] == {"total": 45}
+    assert result["missing"] == ["nowhere"]
+
+
+def test_cell_without_a_trailing_expression_has_no_output() -> None:
+    result = pickle.loads(run_job("cell", kinds.cell_payload("x = 1"), LIMITS).data)
+    assert result["output"] is None
+    assert result["stdout"] == ""
+
+
+def test_cell_that_does_not_parse_is_an_invalid_payload() -> None:
+    with pytest.raises(InvalidPayload, match="does not parse"):
+        run_job("cell", kinds.cell_payload("def broken(:"), LIMITS)
+
+
+def test_benchmark_measures_numpy_gemm() -> None:
+    payload = kinds.benchmark_payload(size=256, repeats=2, device="cpu")
+    seen: list[float] = []
+    result = pickle.loads(run_job("benchmark", payload, LIMITS, on_progress=seen.append).data)
+    assert result["tflops"] > 0
+    assert result["size"] == 256
+    assert result["dtype"] == "float32"
+    assert result["device"] == "cpu"
+    assert seen == [0.5, 1.0]
+
+
+def test_benchmark_on_gpu_uses_cupy_when_present() -> None:
+    pytest.importorskip("cupy")
+    if kinds._cupy() is None:
+        pytest.skip("no CUDA device on this machine")
+    result = pickle.loads(run_job("benchmark", kinds.benchmark_payload(device="gpu"), LIMITS).data)
+    assert result["device"].startswith("gpu:")
+    assert result["tflops"] > 0
+
+
+def test_benchmark_refuses_a_bad_payload() -> None:
+    with pytest.raises(InvalidPayload, match="size"):
+        run_job("benchmark", {"size": 10**9}, LIMITS)
+
+
+def test_exception_comes_back_as_a_traceback() -> None:
+    def fails() -> None:
+        raise KeyError("missing-thing")
+
+    with pytest.raises(JobCodeFailed) as caught:
+        run_job("python", kinds.python_payload(fails), LIMITS)
+    assert caught.value.details["exception"] == "KeyError"
+    assert "Traceback (most recent call last)" in caught.value.details["traceback"]
+    assert "missing-thing" in caught.value.details["traceback"]
+
+
+def test_a_job_past_its_time_budget_is_stopped() -> None:
+    def forever() -> None:
+        import time
+
+        while True:
+            time.sleep(0.05)
+
+    with pytest.raises(TimeBudgetExceeded) as caught:
+        run_job("python", kinds.python_payload(forever), JobLimits(time_budget_s=1.5))
+    assert caught.value.details["timeBudgetSeconds"] == 1.5
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA counts mmap only on Linux")
+def test_a_job_over_its_memory_limit_fails_typed() -> None:
+    def hungry() -> int:
+        return len(bytearray(2 * 2**30))
+
+    limits = JobLimits(time_budget_s=60, memory_limit_bytes=512 * 2**20)
+    with pytest.raises(MemoryLimitExceeded) as caught:
+        run_job("python", kinds.python_payload(hungry), limits)
+    assert caught.value.details["limit"] == 512 * 2**20
+    # The same job fits without the limit's pressure when it asks for little.
+    small = run_job("python", kinds.python_payload(lambda: len(bytearray(2**20))), limits)
+    assert pickle.loads(small.data) == 2**20
+
+
+def test_an_oversize_result_is_refused() -> None:
+    limits = JobLimits(time_budget_s=60, max_result_bytes=10_000)
+    with pytest.raises(ResultTooLarge) as caught:
+        run_job("python", kinds.python_payload(lambda: b"x" * 20_000), limits)
+    assert caught.value.status == 413
+    assert caught.value.details["size"] > 10_000
+    fits = run_job("python", kinds.python_payload(lambda: b"x" * 100), limits)
+    assert pickle.loads(fits.data) == b"x" * 100
+
+
+def test_a_process_that_dies_is_a_typed_failure_not_a_dead_parent() -> None:
+    from qubix_jupyter.dask_provider.errors import JobProcessDied
+
+    def dies() -> None:
+        import os
+
+        os._exit(3)
+
+    with pytest.raises(JobProcessDied) as caught:
+        run_job("python", kinds.python_payload(dies), LIMITS)
+    assert caught.value.details["exitCode"] == 3
+
+
+def test_kinds_come_from_the_entry_point_group() -> None:
+    registered = job_kinds()
+    assert {"python", "cell", "benchmark"} <= set(registered)
+    assert load_kind("cell") is kinds.run_cell
+    with pytest.raises(UnknownJobKind) as caught:
+        run_job("no-such-kind", None, LIMITS)
+    assert "python" in caught.value.details["known"]
+
+
+def test_limits_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="time budget"):
+        JobLimits(time_budget_s=0)
+    with pytest.raises(ValueError, match="memory"):
+        JobLimits(time_budget_s=1, memory_limit_bytes=0)
