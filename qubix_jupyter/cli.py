@@ -79,6 +79,47 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provide(args: argparse.Namespace) -> int:
+    """Share this machine's GPUs (or CPU) until Ctrl-C or SIGTERM, then drain the workers."""
+    import signal
+
+    from .dask_provider.launcher import ProvideConfig, ProviderLauncher
+    from .settlement.wallet import read_seed_file
+
+    if args.seed_file:
+        seed = read_seed_file(args.seed_file)
+    else:
+        import os
+
+        seed = os.environ.get("QUBIX_SEED", "")
+        if not seed:
+            raise ValueError("give --seed-file PATH (or $QUBIX_SEED): the wallet that gets paid")
+    gpus = [int(i) for i in args.gpus.split(",") if i.strip()] if args.gpus else None
+    launcher = ProviderLauncher(
+        ProvideConfig(
+            market_url=args.market,
+            seed=seed,
+            price_per_hour=args.price,
+            name=args.name,
+            location=args.location,
+            gpus=gpus,
+            scheduler_address=args.scheduler,
+        )
+    )
+
+    def drain(signum: int, _frame: object) -> None:
+        print("qubix: stopping the workers (draining)…", file=sys.stderr, flush=True)
+        launcher.stop()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    for device in launcher.start():
+        label = device.gpu.model if device.gpu is not None else "CPU"
+        print(f"sharing {label} as {device.worker_id} → {launcher.scheduler_address}", flush=True)
+    launcher.wait()
+    return 0
+
+
 def _wallet_new(args: argparse.Namespace) -> int:
     from .settlement.wallet import wallet_new_command
 
@@ -112,6 +153,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-root", action="store_true", help="allow running as root (Jupyter refuses it)"
     )
     serve.set_defaults(func=_serve)
+
+    provide = commands.add_parser(
+        "provide", help="share this machine's GPUs (or CPU) with a market, until Ctrl-C"
+    )
+    provide.add_argument(
+        "--market", required=True, help="the market's URL, e.g. https://m.example/"
+    )
+    provide.add_argument(
+        "--seed-file", default=None, help="your wallet seed file (default: $QUBIX_SEED)"
+    )
+    provide.add_argument(
+        "--price", type=int, default=10, help="QU per GPU-hour, an integer (default: 10)"
+    )
+    provide.add_argument("--name", default=None, help="the offer's name in the marketplace")
+    provide.add_argument("--location", default=None, help='where it runs, e.g. "EU-West"')
+    provide.add_argument(
+        "--gpus", default=None, help="device indexes to share, e.g. 0,1 (default: all)"
+    )
+    provide.add_argument(
+        "--scheduler",
+        default=None,
+        help="the scheduler address, when not the one the market announces (private network)",
+    )
+    provide.set_defaults(func=_provide)
 
     db = commands.add_parser("db", help="database schema").add_subparsers(
         dest="db_command", required=True, metavar="ACTION"
