@@ -1,0 +1,223 @@
+"""The consumer's API: ``qubix.connect``, ``qubix.submit``, ``qubix.map`` and :class:`Job`.
+
+.. code-block:: python
+
+    import qubix_jupyter as qubix
+
+    qubix.connect("https://market.example/", seed_file="~/.qubix/seed")
+    job = qubix.submit(train, data, gpu="RTX 4090", max_price=40, hours=0.5)
+    job.result(timeout=600)           # waits on the job's events, polls as a fallback
+
+A ``python`` job's ``inputData`` is ``{"kind": "python", "payload": base64(cloudpickle.dumps(
+(fn, args, kwargs)))}``; a result that is not JSON comes back as ``{"kind": "pickle",
+"payload": base64(pickle)}`` and is unpickled here. Everything goes over HTTP and the events
+WebSocket (:mod:`qubix_jupyter.client`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import builtins
+import contextlib
+import pickle
+import threading
+from collections.abc import Callable, Generator, Iterable
+from typing import Any
+
+from .client import AsyncMarketClient, MarketClient
+from .client.errors import Conflict, JobFailed, ResultTimeout
+from .client.models import JobInfo
+
+#: How often ``Job.result`` asks the market when no event came (seconds).
+POLL_SECONDS = 2.0
+#: Events on a job's channel that may mean it finished.
+_ENDING_EVENTS = frozenset({"JOB_COMPLETED", "JOB_FAILED", "RESYNC"})
+
+_lock = threading.Lock()
+_default: MarketClient | None = None
+
+
+def connect(
+    url: str | None = None,
+    token: str | None = None,
+    seed_file: str | None = None,
+    *,
+    seed: str | None = None,
+) -> MarketClient:
+    """Connect to a market and make it the default of ``submit``/``map``.
+
+    ``url`` defaults to $QUBIX_MARKET_URL, else ``http://127.0.0.1:8888/``; ``token`` to
+    $QUBIX_TOKEN; ``seed_file`` to $QUBIX_SEED_FILE. With a seed and no token it signs in with
+    the wallet right away (the seed stays on this machine).
+    """
+    global _default
+    client = MarketClient(url, token, seed=seed, seed_file=seed_file)
+    if client.token is None and client.aio.can_sign_in:
+        client.sign_in()
+    with _lock:
+        _default = client
+    return client
+
+
+def default_client() -> MarketClient:
+    """The client of the last :func:`connect`, or one made from the environment."""
+    with _lock:
+        if _default is not None:
+            return _default
+    return connect()
+
+
+def encode_python_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ``inputData`` of a ``python`` job."""
+    import cloudpickle
+
+    payload = cloudpickle.dumps((fn, args, kwargs))
+    return {"kind": "python", "payload": base64.b64encode(payload).decode("ascii")}
+
+
+def decode_result(result: Any) -> Any:
+    """A job's result as sent by the market: pickled results are unpickled, JSON is as it is.
+
+    Unpickling runs code of whoever made the pickle: only results of your own jobs come here.
+    """
+    if isinstance(result, dict) and result.get("kind") == "pickle" and "payload" in result:
+        return pickle.loads(base64.b64decode(result["payload"]))
+    return result
+
+
+class Job:
+    """A job on the market: a future for its result.
+
+    ``status``, ``progress`` (percent) and ``logs`` ask the market each time; ``result(timeout)``
+    blocks; ``await job`` awaits the result in async code.
+    """
+
+    def __init__(self, client: MarketClient, info: JobInfo) -> None:
+        self.client = client
+        self.id = info.id
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"<qubix Job {self.id} {self.info.status} {self.info.progress}%>"
+
+    def refresh(self) -> JobInfo:
+        self.info = self.client.job(self.id)
+        return self.info
+
+    @property
+    def status(self) -> str:
+        return self.refresh().status
+
+    @property
+    def progress(self) -> int:
+        return self.refresh().progress
+
+    @property
+    def logs(self) -> str:
+        """What the job printed, when its kind reports it (a ``cell`` job's stdout/stderr)."""
+        info = self.refresh()
+        result = info.result if isinstance(info.result, dict) else {}
+        return "".join(str(result.get(k) or "") for k in ("stdout", "stderr")) or (info.error or "")
+
+    def done(self) -> bool:
+        return self.refresh().terminal
+
+    def cancel(self) -> JobInfo:
+        cancelled = self.client.cancel_job(self.id)
+        if cancelled.job is not None:
+            self.info = cancelled.job
+        return self.info
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The job's result; JobFailed if it failed or was cancelled, ResultTimeout on timeout."""
+        try:
+            return self.client._run(wait_for_result(self.client.aio, self.id), timeout)
+        except TimeoutError:
+            raise ResultTimeout(f"job {self.id} did not finish in {timeout} s") from None
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        loop_future = asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(
+                wait_for_result(self.client.aio, self.id), self.client._loop.loop
+            )
+        )
+        return loop_future.__await__()
+
+
+async def wait_for_result(client: AsyncMarketClient, job_id: str) -> Any:
+    """Wait until the job is terminal (its events, else a poll every POLL_SECONDS); its result."""
+    subscription = client.events(f"job:{job_id}")
+    try:
+        while True:
+            info = await client.job(job_id)
+            if info.terminal:
+                break
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    while (await subscription.get()).type not in _ENDING_EVENTS:
+                        pass
+    finally:
+        await subscription.close()
+    if info.status != "COMPLETED":
+        raise JobFailed(409, info.status.lower(), info.error or f"job {info.status}", body=info.raw)
+    try:
+        answer = await client.job_result(job_id)
+    except Conflict:  # not yet readable: ask once more after the market caught up
+        await asyncio.sleep(POLL_SECONDS)
+        answer = await client.job_result(job_id)
+    return decode_result(answer.result)
+
+
+def submit(
+    fn: Callable[..., Any],
+    *args: Any,
+    gpu: str | Iterable[str] | None = None,
+    min_vram: float | None = None,
+    max_price: int,
+    hours: float = 0.25,
+    client: MarketClient | None = None,
+    **kwargs: Any,
+) -> Job:
+    """Run ``fn(*args, **kwargs)`` on a rented GPU; returns the :class:`Job` at once.
+
+    ``gpu``: a GPU model or several; ``min_vram``: GB per GPU; ``max_price``: QU per GPU-hour at
+    most; ``hours``: the time budget (escrow ``max_price × hours`` is locked until it ends).
+    """
+    market = client or default_client()
+    created = market.create_job(
+        "python",
+        encode_python_job(fn, args, kwargs),
+        compute_needed=hours,
+        max_price=max_price,
+        gpu_model=gpu,
+        min_vram=min_vram,
+    )
+    assert created.job is not None
+    return Job(market, created.job)
+
+
+def map(
+    fn: Callable[..., Any],
+    items: Iterable[Any],
+    *,
+    gpu: str | Iterable[str] | None = None,
+    min_vram: float | None = None,
+    max_price: int,
+    hours: float = 0.25,
+    client: MarketClient | None = None,
+) -> builtins.list[Job]:
+    """One job per item: ``[submit(fn, item, …) for item in items]``."""
+    return [
+        submit(
+            fn, item, gpu=gpu, min_vram=min_vram, max_price=max_price, hours=hours, client=client
+        )
+        for item in items
+    ]
+
+
+def progress(fraction: float) -> None:
+    """Inside a job running on a provider: report ``fraction`` (0–1) done. Elsewhere a no-op."""
+    from .dask_provider.progress import progress as report
+
+    report(fraction)
