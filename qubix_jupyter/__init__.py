@@ -14,6 +14,19 @@ def progress(fraction: float) -> None:
     report(fraction)
 
 
+#: The consumer API (``qubix.connect``, ``qubix.submit``…), imported on first use so that
+#: ``import qubix_jupyter`` stays light.
+_API = frozenset({"connect", "submit", "map", "Job", "MarketClient", "AsyncMarketClient"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'qubix_jupyter' has no attribute {name!r}")
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Jupyter server 2 finds the ``qubix`` extension here (enabled by the wheel's config file)."""
     # Imported on demand: `import qubix_jupyter` in a kernel must not pull in the server.
