@@ -35,6 +35,7 @@ from ..db.ledger import Ledger
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
+from .jobs import JobService
 from .openapi import openapi_document
 from .routes import API_PREFIX, MARKET, ROUTES, by_path, routes_for
 from .services import HealthService, Services, WalletService
@@ -166,6 +167,26 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    assign_timeout_seconds = Float(
+        30.0,
+        config=True,
+        help="""Seconds a new job may wait for an online, available provider that meets its
+        constraints; after that it fails as "unassignable" and its escrow is refunded whole.
+        The assigner retries waiting jobs about once a second, and at once when a provider
+        becomes free. Must be > 0. Example: c.QubixExtension.assign_timeout_seconds = 60
+        """,
+    )
+
+    max_result_bytes = Int(
+        1024 * 1024,
+        config=True,
+        help="""Largest job result the market keeps, in bytes of compact JSON (default 1 MiB).
+        A worker that reports a larger one is answered 413 payload_too_large; the job fails,
+        is charged the time it used, and the rest of its escrow is refunded. Must be > 0.
+        Example: c.QubixExtension.max_result_bytes = 16777216
+        """,
+    )
+
     #: Pings of the events WebSocket (not a trait: tests and embedders may replace it).
     event_heartbeat = HeartbeatPolicy()
 
@@ -184,7 +205,14 @@ class QubixExtension(ExtensionApp):
             raise TraitError(f"platform_fee_bps must be within 0..10000, not {value}")
         return value  # type: ignore[no-any-return]
 
-    @validate("heartbeat_interval", "max_body_bytes", "token_ttl_seconds", "challenge_ttl_seconds")
+    @validate(
+        "heartbeat_interval",
+        "max_body_bytes",
+        "assign_timeout_seconds",
+        "max_result_bytes",
+        "token_ttl_seconds",
+        "challenge_ttl_seconds",
+    )
     def _positive(self, proposal: dict) -> float:  # type: ignore[type-arg]
         value = proposal["value"]
         if value <= 0:
@@ -224,6 +252,13 @@ class QubixExtension(ExtensionApp):
         ledger = Ledger(sessionmaker, platform_fee_bps=self.platform_fee_bps)
         self.routes = routes_for(self.role, ROUTES)
         self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
+        jobs = JobService(
+            sessionmaker,
+            ledger,
+            self.events,
+            assign_timeout_seconds=self.assign_timeout_seconds,
+            max_result_bytes=self.max_result_bytes,
+        )
         services = Services(
             role=self.role,
             engine=engine,
@@ -239,10 +274,15 @@ class QubixExtension(ExtensionApp):
             rate_limiter=RateLimiter(self.rate_limit_per_minute),
             idempotency=IdempotencyStore(sessionmaker),
             events=self.events,
+            jobs=jobs,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
         )
         self.services = services
+        if self.role in MARKET and self.serverapp is not None:
+            # On the server's loop once it runs: a server that is only initialized and started
+            # (pytest-jupyter, embedders) never calls the extension's start hook.
+            self.serverapp.io_loop.add_callback(jobs.start)
         base_url = self.serverapp.base_url if self.serverapp else "/"
         document = openapi_document(self.routes, base_url)
         if self.role in MARKET:
@@ -262,6 +302,9 @@ class QubixExtension(ExtensionApp):
         self.handlers.append((url_path_join(API_PREFIX, "(.*)"), NotFoundHandler))
 
     async def stop_extension(self) -> None:
+        services = getattr(self, "services", None)
+        if services is not None:
+            await services.jobs.stop()
         events = getattr(self, "events", None)
         if events is not None:
             events.close()  # every WebSocket gets 1001 going_away

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from . import endpoints, models
+from . import jobs_endpoints as jobs
 from . import marketplace_endpoints as market
 from .route import API_PREFIX, EVERY_ROLE, MARKET, Route
 
@@ -85,7 +86,7 @@ CORE_ROUTES: tuple[Route, ...] = (
     ),
 )
 
-ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *market.ROUTES)
+ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *market.ROUTES, *jobs.ROUTES)
 
 
 def routes_for(role: str, routes: Iterable[Route] = ROUTES) -> tuple[Route, ...]:

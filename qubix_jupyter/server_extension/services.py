@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,6 +16,9 @@ from ..db.models import Account, Job, Provider
 from ..market.states import AccountKind, JobStatus
 from .auth import AuthService, RateLimiter
 from .events import EventHub
+
+if TYPE_CHECKING:  # jobs builds on the endpoints, which import this module
+    from .jobs import JobService
 
 Role = Literal["market", "agent", "both"]
 
@@ -82,5 +85,7 @@ class Services:
     idempotency: IdempotencyStore
     #: The WebSocket hub: services publish their events here (``events.publish(channel, …)``).
     events: EventHub
+    #: Jobs: create, assign, progress, complete, cancel (and the background assigner).
+    jobs: JobService
     max_body_bytes: int
     allowed_origins: tuple[str, ...]

@@ -53,7 +53,8 @@ async def test_every_operation_is_complete(api: Api):
             if "x-websocket" in op:
                 continue
             route = by_route[(method, path)]
-            assert op["security"] == ([] if route.public else [{"bearerAuth": []}])
+            expected = {"public": [], "worker": [{"workerAuth": []}]}.get(route.auth)
+            assert op["security"] == (expected if expected is not None else [{"bearerAuth": []}])
             ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
             assert ref.rsplit("/", 1)[1] in schemas
             if route.body is not None:

@@ -1,0 +1,190 @@
+"""Job rows and the provider rows they take, inside the caller's session and transaction.
+
+The job service (``server_extension.jobs``) composes these with the ledger; what the rules mean
+is in ``market.jobs`` and ``market.matching``. Money never moves here: only the ledger moves it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..market.errors import UnknownJob
+from ..market.jobs import unassigned_escrow
+from ..market.matching import JobConstraints
+from ..market.states import AccountKind, JobStatus, escrow_account_id
+from .ledger import Receipt
+from .models import Account, IdempotencyKey, Job, Provider, Transaction
+
+#: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
+CANDIDATES = 200
+
+
+async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
+    job = None
+    if "\x00" not in job_id:  # PostgreSQL text cannot hold NUL: no job id has one
+        job = await session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
+    if job is None:
+        raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
+    return job
+
+
+async def insert_job(
+    session: AsyncSession,
+    job_id: str,
+    user_id: str,
+    *,
+    model_type: str,
+    compute_seconds: int,
+    constraints: JobConstraints,
+    input_data: Any,
+) -> Job:
+    """The PENDING job ``job_id`` with its escrow account; the row already there on a retry."""
+    existing = await session.get(Job, job_id)
+    if existing is not None:
+        return existing
+    job = Job(
+        id=job_id,
+        user_id=user_id,
+        model_type=model_type,
+        compute_seconds=compute_seconds,
+        max_price=constraints.max_price,
+        input_data=input_data,
+        constraints=constraints.to_json(),
+        estimated_cost=unassigned_escrow(constraints.max_price, compute_seconds),
+    )
+    session.add(job)
+    await session.flush()
+    session.add(Account(id=escrow_account_id(job_id), kind=AccountKind.ESCROW, job_id=job_id))
+    await session.flush()
+    return job
+
+
+async def discard_unfunded(session: AsyncSession, job_id: str) -> bool:
+    """Remove a PENDING job whose escrow was never locked (the wallet could not pay it)."""
+    job = await session.get(Job, job_id, with_for_update=True)
+    if job is None or job.status is not JobStatus.PENDING:
+        return False
+    entries = await session.scalar(
+        select(func.count()).select_from(Transaction).where(Transaction.job_id == job_id)
+    )
+    if entries:
+        return False
+    await session.execute(delete(Account).where(Account.id == escrow_account_id(job_id)))
+    await session.delete(job)
+    return True
+
+
+async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:
+    statement = select(Account.balance).where(Account.id == escrow_account_id(job_id))
+    if lock:
+        statement = statement.with_for_update()
+    return int(await session.scalar(statement) or 0)
+
+
+async def candidates(session: AsyncSession, constraints: JobConstraints) -> Sequence[Provider]:
+    """Free offers within the job's price and VRAM, cheapest first; the matcher orders them."""
+    statement = (
+        select(Provider)
+        .where(
+            Provider.is_listed.is_(True),
+            Provider.is_online.is_(True),
+            Provider.is_available.is_(True),
+            Provider.current_job_id.is_(None),
+            Provider.price_per_hour <= constraints.max_price,
+        )
+        .order_by(Provider.price_per_hour, Provider.id)
+        .limit(CANDIDATES)
+    )
+    if constraints.min_vram is not None:
+        statement = statement.where(Provider.gpu_vram >= constraints.min_vram)
+    if constraints.folded_models:
+        statement = statement.where(func.lower(Provider.gpu_model).in_(constraints.folded_models))
+    return (await session.scalars(statement)).all()
+
+
+async def lock_provider(session: AsyncSession, provider_id: str) -> Provider | None:
+    """The provider row, locked and read fresh: what another assignment committed shows here."""
+    return await session.get(Provider, provider_id, with_for_update=True, populate_existing=True)
+
+
+async def pending_jobs(session: AsyncSession, *, limit: int) -> Sequence[tuple[Job, int]]:
+    """PENDING jobs, oldest first, each with the QU its escrow holds."""
+    rows = await session.execute(
+        select(Job, func.coalesce(Account.balance, 0))
+        .outerjoin(Account, (Account.job_id == Job.id) & (Account.kind == AccountKind.ESCROW))
+        .where(Job.status == JobStatus.PENDING)
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    return [(job, int(held)) for job, held in rows.all()]
+
+
+async def free_provider(session: AsyncSession, job_id: str) -> Provider | None:
+    """Make the provider that ran ``job_id`` available again, if it still holds that job."""
+    provider = await session.scalar(
+        select(Provider).where(Provider.current_job_id == job_id).with_for_update()
+    )
+    if provider is None:
+        return None
+    provider.current_job_id = None
+    provider.is_available = True
+    await session.flush()
+    return provider
+
+
+async def prior_receipt(session: AsyncSession, key: str) -> Receipt | None:
+    """The receipt the ledger stored under ``key``, if that operation already ran."""
+    row = await session.get(IdempotencyKey, key)
+    if row is None or row.response is None:
+        return None
+    return Receipt.from_json(row.response, replayed=True)
+
+
+async def jobs_of(
+    session: AsyncSession,
+    user_id: str,
+    *,
+    status: JobStatus | None,
+    offset: int,
+    limit: int,
+) -> tuple[Sequence[Job], int]:
+    """A consumer's jobs, newest first, and how many there are in all."""
+    where = [Job.user_id == user_id]
+    if status is not None:
+        where.append(Job.status == status)
+    total = await session.scalar(select(func.count()).select_from(Job).where(*where))
+    items = (
+        await session.scalars(
+            select(Job)
+            .where(*where)
+            .order_by(Job.created_at.desc(), Job.id.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return items, int(total or 0)
+
+
+async def assigned_to(session: AsyncSession, provider_id: str) -> Sequence[Job]:
+    """Jobs waiting for the provider's worker to start them, oldest first."""
+    return (
+        await session.scalars(
+            select(Job)
+            .where(Job.provider_id == provider_id, Job.status == JobStatus.ASSIGNED)
+            .order_by(Job.assigned_at, Job.id)
+        )
+    ).all()
+
+
+async def provider(session: AsyncSession, provider_id: str) -> Provider | None:
+    return await session.get(Provider, provider_id)
+
+
+def utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite hands timestamps back without their offset; every one we store is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)

@@ -1,0 +1,478 @@
+"""The job service: create, escrow, assign, progress, complete, cancel; built once per server.
+
+Every state change is checked against ``market.states`` first; every movement of money is one
+idempotent ledger operation whose key derives from the request's key (create, complete, cancel)
+or from the job and its step (assignment, timeout), so a retried request or a sweep that runs
+twice moves money once.
+
+Who calls what:
+
+* the endpoints (``jobs_endpoints``): :meth:`JobService.create`, :meth:`cancel`, the reads, and
+  the worker's :meth:`progress` and :meth:`complete`;
+* the background assigner (:meth:`start` … :meth:`stop`, run by the extension): :meth:`sweep`
+  retries every PENDING job and fails those nobody could take within ``assign_timeout``;
+* the Dask dispatcher: registers ``on_assigned`` hooks (called with the job row once a job is
+  ASSIGNED and committed: submit it pinned to ``job.provider_id``'s worker) and ``on_finished``
+  hooks (called once a job is terminal: stop its task if it still runs), and reports through
+  :meth:`progress` / :meth:`complete` like a polling worker does.
+
+Assignments are made one at a time in this process (an asyncio lock), and each takes the
+provider's row lock, so two jobs never take one provider and a job is never assigned and timed
+out at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from ..db import jobs as db
+from ..db.auth_store import WorkerOwner
+from ..db.ledger import Ledger, Receipt
+from ..db.models import Job, Provider, utcnow
+from ..market.errors import InsufficientFunds, InvalidState
+from ..market.events import MARKETPLACE, EventType, job_channel
+from ..market.jobs import ResultTooLarge, charged_seconds, excess_at_assignment, next_progress
+from ..market.jobs import assigned_escrow as escrow_at_price
+from ..market.matching import Assign, Decision, Fail, JobConstraints, Wait, decide_assignment, rank
+from ..market.states import JobStatus, check_transition
+from . import jobs_models as m
+from .errors import Forbidden
+from .events import EventHub
+from .marketplace_endpoints import offer_out
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[Job], Awaitable[None] | None]
+#: Job ids are derived from the request key, so a retried create finds the job it made.
+_JOB_IDS = uuid.UUID("7a0c9d7e-5d2b-4c53-9a51-2f6f0c1b4e11")
+#: PENDING jobs looked at per sweep.
+SWEEP_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Payment:
+    """How a finished job's escrow was settled: ``cost = providerEarning + platformFee``."""
+
+    cost: int
+    provider_earning: int
+    platform_fee: int
+    refund: int
+
+    @classmethod
+    def of(cls, receipt: Receipt) -> Payment:
+        a = receipt.amounts
+        return cls(a.get("cost", 0), a.get("provider", 0), a.get("fee", 0), a.get("refund", 0))
+
+    def out(self) -> m.PaymentInfo:
+        return m.PaymentInfo(
+            cost=self.cost,
+            providerEarning=self.provider_earning,
+            platformFee=self.platform_fee,
+            refund=self.refund,
+        )
+
+
+class JobService:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        ledger: Ledger,
+        events: EventHub,
+        *,
+        assign_timeout_seconds: float = 30.0,
+        max_result_bytes: int = 1024 * 1024,
+        sweep_interval_seconds: float = 1.0,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._ledger = ledger
+        self._events = events
+        self.assign_timeout = dt.timedelta(seconds=assign_timeout_seconds)
+        self.max_result_bytes = max_result_bytes
+        self.sweep_interval = sweep_interval_seconds
+        self._clock = clock
+        #: Called with the job once it is ASSIGNED (committed): the dispatcher submits it.
+        self.on_assigned: list[Hook] = []
+        #: Called with the job once it is terminal (COMPLETED, FAILED, CANCELLED).
+        self.on_finished: list[Hook] = []
+        self._assigning = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, job_id: str) -> tuple[Job, Provider | None]:
+        """The job and its provider (None while unassigned)."""
+        async with self._sessionmaker() as session:
+            job = await db.get_job(session, job_id)
+            provider = None
+            if job.provider_id is not None:
+                provider = await db.provider(session, job.provider_id)
+            return job, provider
+
+    async def visible_to(self, job_id: str, user_id: str) -> tuple[Job, Provider | None]:
+        """The job, if ``user_id`` is its consumer or owns its provider; else 403."""
+        job, provider = await self.get(job_id)
+        if job.user_id != user_id and (provider is None or provider.user_id != user_id):
+            raise Forbidden("this job is neither yours nor on your provider", jobId=job_id)
+        return job, provider
+
+    async def of_consumer(
+        self, user_id: str, *, status: JobStatus | None, offset: int, limit: int
+    ) -> tuple[list[tuple[Job, str | None]], int]:
+        async with self._sessionmaker() as session:
+            jobs, total = await db.jobs_of(
+                session, user_id, status=status, offset=offset, limit=limit
+            )
+            out = []
+            for job in jobs:
+                provider = None
+                if job.provider_id is not None:
+                    provider = await db.provider(session, job.provider_id)
+                out.append((job, None if provider is None else provider.worker_id))
+            return out, total
+
+    async def pending_for(self, worker: WorkerOwner, worker_id: str) -> list[Job]:
+        """ASSIGNED jobs waiting for the calling worker (the seed's polling route)."""
+        if worker_id != worker.worker_id:
+            raise Forbidden("a worker may poll only its own jobs", workerId=worker_id)
+        async with self._sessionmaker() as session:
+            return list(await db.assigned_to(session, worker.provider_id))
+
+    # ------------------------------------------------------------------ create
+
+    async def create(
+        self,
+        user_id: str,
+        *,
+        request_key: str,
+        model_type: str,
+        compute_seconds: int,
+        constraints: JobConstraints,
+        input_data: Any,
+    ) -> Job:
+        """A PENDING job with its escrow locked (ceil(maxPrice × budget / 3600)), then assigned
+        at once if an offer matches. The wallet cannot pay: 402 and nothing is left behind."""
+        job_id = str(uuid.uuid5(_JOB_IDS, request_key))
+        async with self._sessionmaker() as session, session.begin():
+            job = await db.insert_job(
+                session,
+                job_id,
+                user_id,
+                model_type=model_type,
+                compute_seconds=compute_seconds,
+                constraints=constraints,
+                input_data=input_data,
+            )
+        if job.status is JobStatus.PENDING and job.estimated_cost > 0:
+            try:
+                receipt = await self._ledger.lock_escrow(
+                    job_id, job.estimated_cost, idempotency_key=f"{request_key}:escrow"
+                )
+            except InsufficientFunds:
+                async with self._sessionmaker() as session, session.begin():
+                    await db.discard_unfunded(session, job_id)
+                raise
+            if not receipt.replayed:
+                await self._balance_changed(user_id, -job.estimated_cost, "escrow_lock", job_id)
+        await self.assign(job_id)
+        job, _ = await self.get(job_id)
+        return job
+
+    # ------------------------------------------------------------------ assignment
+
+    async def assign(self, job_id: str, *, now: dt.datetime | None = None) -> Decision | None:
+        """Try to give a PENDING job a provider (or fail it past the timeout).
+
+        Returns what was decided, or None when the job is not PENDING any more.
+        """
+        async with self._assigning:
+            return await self._assign(job_id, now or self._clock())
+
+    async def _assign(self, job_id: str, now: dt.datetime) -> Decision | None:
+        taken: Provider | None = None
+        async with self._sessionmaker() as session, session.begin():
+            job = await db.get_job(session, job_id, lock=True)
+            if job.status is not JobStatus.PENDING:
+                return None
+            held = await db.escrow_held(session, job_id, lock=True)
+            constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
+            funded = held >= job.estimated_cost
+            offers = list(await db.candidates(session, constraints)) if funded else []
+            decision = decide_assignment(
+                constraints, offers, created_at=job.created_at, now=now, timeout=self.assign_timeout
+            )
+            if isinstance(decision, Assign):
+                for offer in rank(constraints, offers):
+                    fresh = await db.lock_provider(session, offer.id)
+                    free = fresh is not None and fresh.current_job_id is None
+                    if free and constraints.accepts(fresh):  # type: ignore[arg-type]
+                        taken = fresh
+                        break
+                if taken is None:  # every candidate was taken meanwhile: try again next sweep
+                    return Wait(now + self.assign_timeout)
+                check_transition(job.status, JobStatus.ASSIGNED)
+                job.status = JobStatus.ASSIGNED
+                job.provider_id = taken.id
+                job.price_per_hour = taken.price_per_hour
+                job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
+                job.assigned_at = now
+                taken.is_available = False
+                taken.current_job_id = job.id
+                taken.last_assigned_at = now
+                excess = excess_at_assignment(held, taken.price_per_hour, job.compute_seconds)
+                step = job.reassignments
+        if isinstance(decision, Fail):
+            await self._fail_unassignable(job)
+            return decision
+        if taken is None:
+            return decision
+        if excess:
+            try:
+                await self._ledger.release_escrow(
+                    job_id, excess, idempotency_key=f"job:{job_id}:assign:{step}:release"
+                )
+            except InvalidState:
+                pass  # settled meanwhile (cancelled): the settlement gave the escrow back whole
+            else:
+                await self._balance_changed(job.user_id, excess, "escrow_release", job_id)
+        self._publish_job(EventType.JOB_ASSIGNED, job, taken.worker_id)
+        self._publish_offer(taken)
+        self._run_hooks(self.on_assigned, job)
+        return Assign(taken)
+
+    async def _fail_unassignable(self, job: Job) -> None:
+        check_transition(job.status, JobStatus.FAILED)
+        try:
+            receipt = await self._ledger.refund(
+                job.id,
+                idempotency_key=f"job:{job.id}:unassignable",
+                final_status=JobStatus.FAILED,
+                error="unassignable",
+            )
+        except InvalidState:
+            return  # cancelled meanwhile
+        await self._settled(job.id, receipt, None)
+
+    async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
+        """One pass of the assigner over the PENDING jobs, oldest first."""
+        async with self._sessionmaker() as session:
+            pending = [job.id for job, _held in await db.pending_jobs(session, limit=SWEEP_BATCH)]
+        decisions = []
+        for job_id in pending:
+            decision = await self.assign(job_id, now=now)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
+    def start(self) -> None:
+        """Run :meth:`sweep` every ``sweep_interval`` seconds (sooner when a provider frees)."""
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad pass must not stop the assigner; it is logged
+                log.exception("QUBIX job assigner: sweep failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+
+    # ------------------------------------------------------------------ the worker's reports
+
+    @staticmethod
+    def _require_worker(job: Job, worker: WorkerOwner, worker_id: str) -> None:
+        if worker_id != worker.worker_id or job.provider_id != worker.provider_id:
+            raise Forbidden("this job is not assigned to your worker", jobId=job.id)
+
+    async def progress(
+        self, job_id: str, worker: WorkerOwner, *, worker_id: str, reported: float
+    ) -> int:
+        """Store a progress report: RUNNING from the first one; never lower; within 0..100."""
+        async with self._sessionmaker() as session, session.begin():
+            job = await db.get_job(session, job_id, lock=True)
+            self._require_worker(job, worker, worker_id)
+            if job.status is JobStatus.ASSIGNED:
+                check_transition(job.status, JobStatus.RUNNING)
+                job.status = JobStatus.RUNNING
+                job.started_at = self._clock()
+            elif job.status is not JobStatus.RUNNING:
+                raise InvalidState(
+                    f"a {job.status.value} job takes no progress reports",
+                    jobId=job_id,
+                    status=job.status.value,
+                )
+            job.progress = next_progress(job.progress, reported)
+            stored = job.progress
+        self._events.publish(
+            job_channel(job_id),
+            EventType.JOB_PROGRESS,
+            {"jobId": job_id, "progress": stored, "status": job.status.value},
+        )
+        return stored
+
+    async def complete(
+        self,
+        job_id: str,
+        worker: WorkerOwner,
+        *,
+        worker_id: str,
+        succeeded: bool,
+        result: Any,
+        error: str | None,
+        request_key: str,
+    ) -> tuple[Job, Payment]:
+        """Settle a job its worker finished: charge the seconds the market measured since it
+        started (or was assigned), capped by the budget; pay the provider; refund the rest.
+
+        A failed job (the consumer's code failed) is charged its time too. A result over
+        ``max_result_bytes`` fails the job (charged its time, the rest refunded) and raises
+        :class:`ResultTooLarge` (413).
+        """
+        key = f"{request_key}:charge"
+        encoded = None if result is None else json.dumps(result, separators=(",", ":"))
+        too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
+        async with self._sessionmaker() as session:
+            job = await db.get_job(session, job_id)
+            self._require_worker(job, worker, worker_id)
+            receipt = await db.prior_receipt(session, key)
+        if too_large:
+            error = (
+                f"the result is {len(encoded.encode())} bytes; the market keeps at most "  # type: ignore[union-attr]
+                f"{self.max_result_bytes}"
+            )
+        if receipt is None:
+            target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
+            if job.status is JobStatus.ASSIGNED:
+                check_transition(job.status, JobStatus.RUNNING)
+                check_transition(JobStatus.RUNNING, target)
+            else:
+                check_transition(job.status, target)
+            since = job.started_at or job.assigned_at
+            assert since is not None  # an ASSIGNED or RUNNING job has been assigned
+            seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
+            receipt = await self._ledger.charge(
+                job_id, seconds=seconds, idempotency_key=key, final_status=target, error=error
+            )
+        kept = None if too_large else result
+        await self._settled(job_id, receipt, kept)
+        if too_large:
+            raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
+        job, _ = await self.get(job_id)
+        return job, Payment.of(receipt)
+
+    # ------------------------------------------------------------------ the consumer's cancel
+
+    async def cancel(self, job_id: str, user_id: str, *, request_key: str) -> tuple[Job, Payment]:
+        """Cancel your job: a PENDING one gets its whole escrow back; an ASSIGNED or RUNNING one
+        is charged the time it used (from its start, or its assignment) and refunded the rest."""
+        key = f"{request_key}:cancel"
+        async with self._assigning:  # an assignment in flight lands first, then is charged
+            async with self._sessionmaker() as session:
+                job = await db.get_job(session, job_id)
+                if job.user_id != user_id:
+                    raise Forbidden("only the job's consumer may cancel it", jobId=job_id)
+                receipt = await db.prior_receipt(session, key)
+            if receipt is None:
+                check_transition(job.status, JobStatus.CANCELLED)
+                if job.status is JobStatus.PENDING:
+                    receipt = await self._ledger.refund(
+                        job_id, idempotency_key=key, final_status=JobStatus.CANCELLED
+                    )
+                else:
+                    since = job.started_at or job.assigned_at
+                    assert since is not None
+                    seconds = charged_seconds(
+                        since, self._clock(), budget_seconds=job.compute_seconds
+                    )
+                    receipt = await self._ledger.charge(
+                        job_id,
+                        seconds=seconds,
+                        idempotency_key=key,
+                        final_status=JobStatus.CANCELLED,
+                    )
+        await self._settled(job_id, receipt, None)
+        job, _ = await self.get(job_id)
+        return job, Payment.of(receipt)
+
+    # ------------------------------------------------------------------ after settlement
+
+    async def _settled(self, job_id: str, receipt: Receipt, result: Any) -> None:
+        """A job is terminal: keep its result, free its provider, tell everyone, once."""
+        async with self._sessionmaker() as session, session.begin():
+            job = await db.get_job(session, job_id, lock=True)
+            if result is not None:
+                job.result = result
+            freed = await db.free_provider(session, job_id)
+            owner = None
+            if job.provider_id is not None:
+                provider = await db.provider(session, job.provider_id)
+                owner = None if provider is None else (provider.user_id, provider.worker_id)
+        if receipt.replayed:
+            return
+        payment = Payment.of(receipt)
+        if payment.refund:
+            await self._balance_changed(job.user_id, payment.refund, "job_refund", job_id)
+        if owner is not None and payment.provider_earning:
+            await self._balance_changed(owner[0], payment.provider_earning, "job_earning", job_id)
+        kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
+        self._publish_job(kind, job, None if owner is None else owner[1])
+        if freed is not None:
+            self._publish_offer(freed)
+            self._wake.set()  # a freed provider may take a waiting job now
+        self._run_hooks(self.on_finished, job)
+
+    # ------------------------------------------------------------------ events and hooks
+
+    async def _balance_changed(self, user_id: str, change: int, reason: str, job_id: str) -> None:
+        balance = await self._ledger.wallet_balance(user_id)
+        data = {"balance": balance, "change": change, "reason": reason, "jobId": job_id}
+        self._events.publish("wallet", EventType.BALANCE_CHANGED, data, user_id=user_id)
+
+    def _publish_job(self, kind: EventType, job: Job, worker_id: str | None) -> None:
+        data = m.job_out(job, worker_id=worker_id).model_dump(mode="json")
+        self._events.publish(job_channel(job.id), kind, {"jobId": job.id, "job": data})
+
+    def _publish_offer(self, provider: Provider) -> None:
+        offer = offer_out(provider).model_dump(mode="json", by_alias=True)
+        self._events.publish(MARKETPLACE, EventType.MARKETPLACE_UPDATE, {"providers": [offer]})
+
+    def _run_hooks(self, hooks: list[Hook], job: Job) -> None:
+        """Each hook runs as a task of its own: a request never waits on the dispatcher, and a
+        hook may call back into this service (assign, cancel) without waiting on itself."""
+        for hook in list(hooks):
+            task = asyncio.get_running_loop().create_task(self._hook(hook, job))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    @staticmethod
+    async def _hook(hook: Hook, job: Job) -> None:
+        try:
+            outcome = hook(job)
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:  # a hook's failure is its own; the job's state stands
+            log.exception("QUBIX job hook %r failed for job %s", hook, job.id)

@@ -1,0 +1,610 @@
+"""The jobs API through the real HTTP stack, on SQLite and PostgreSQL: create (escrow, assign),
+read, list, cancel, result; a worker's poll, progress and completion; the Idempotency-Key
+mechanism; the money of each lifecycle, with the ledger audit after each step."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from tornado.httpclient import HTTPResponse
+
+from qubix_jupyter.db.ledger import audit
+from qubix_jupyter.db.models import Job, Transaction
+from qubix_jupyter.server_extension.handlers import SERVICES
+from qubix_jupyter.server_extension.services import Services
+from qubix_jupyter.settlement.keys import KeyPair
+
+from ..conftest import DatabaseURL
+from .conftest import SEED_ALICE, SEED_BOB, Api, body_of, execute_sql, login
+
+SEED_CAROL = "c" * 55
+ALICE = KeyPair.from_seed(SEED_ALICE).identity
+BOB = KeyPair.from_seed(SEED_BOB).identity
+
+
+@pytest.fixture
+def services(jp_serverapp: Any) -> Services:
+    return jp_serverapp.web_app.settings[SERVICES]  # type: ignore[no-any-return]
+
+
+class Market:
+    """Alice consumes (funded), Bob provides (worker ``bob-1`` online at 40 QU/h)."""
+
+    def __init__(
+        self, api: Api, services: Services, url: DatabaseURL, fetch: Callable[..., Any]
+    ) -> None:
+        self.api = api
+        self.fetch = fetch
+        self.services = services
+        self.url = url
+
+    async def setup(self, *, funds: int = 1000, price: int = 40, online: bool = True) -> Market:
+        self.alice = await login(self.api, SEED_ALICE)
+        self.bob = await login(self.api, SEED_BOB)
+        self.alice_id = self.alice["user"]["id"]
+        self.bob_id = self.bob["user"]["id"]
+        if funds:
+            await self.services.ledger.deposit(self.alice_id, funds, idempotency_key="fund-alice")
+        self.worker_token = await self.register("bob-1", price=price, online=online)
+        return self
+
+    async def register(
+        self, worker_id: str, *, price: int, online: bool = True, model: str = "RTX 4090"
+    ) -> str:
+        body = {
+            "type": "native",
+            "gpu": {"type": "native", "vendor": "NVIDIA", "model": model, "vram": 24, "count": 1},
+            "workerId": worker_id,
+            "qubicAddress": BOB,
+            "pricePerHour": price,
+            "cpuModel": "Ryzen 9",
+            "cpuCores": 16,
+            "ramTotal": 64,
+        }
+        r = await self.api(
+            "POST", "providers/quick-register", json_body=body, token=self.bob["token"]
+        )
+        assert r.code == 200, r.body
+        if online:
+            self.set_provider(worker_id, is_online=True)
+        return body_of(r)["workerToken"]  # type: ignore[no-any-return]
+
+    def set_provider(self, worker_id: str, **columns: Any) -> None:
+        assignments = ", ".join(f"{column} = :{column}" for column in columns)
+        execute_sql(
+            self.url.url,
+            f"UPDATE providers SET {assignments} WHERE worker_id = :w",
+            w=worker_id,
+            **columns,
+        )
+
+    async def create(
+        self, *, key: str | None = None, token: str | None = None, **changes: Any
+    ) -> HTTPResponse:
+        body: dict[str, Any] = {
+            "modelType": "python",
+            "computeNeeded": 0.5,
+            "inputData": {"fn": "abc"},
+            "maxPrice": 100,
+            "qubicAddress": ALICE,
+        }
+        body.update(changes)
+        headers = {} if key is None else {"Idempotency-Key": key}
+        return await self.api(
+            "POST",
+            "jobs/create",
+            json_body=body,
+            token=token or self.alice["token"],
+            headers=headers,
+        )
+
+    async def worker(
+        self, method: str, path: str, body: Any = None, *, key: str | None = None
+    ) -> HTTPResponse:
+        headers = {} if key is None else {"Idempotency-Key": key}
+        return await self.api(
+            method, path, json_body=body, token=self.worker_token, headers=headers
+        )
+
+    async def list_jobs(self, token: str, **params: Any) -> HTTPResponse:
+        return await self.fetch(  # type: ignore[no-any-return]
+            "qubix",
+            "api",
+            "jobs",
+            params=params,
+            headers={"Authorization": f"Bearer {token}"},
+            raise_error=False,
+        )
+
+    async def balance(self, user_id: str) -> int:
+        return await self.services.ledger.wallet_balance(user_id)
+
+    async def audit_ok(self) -> None:
+        async with self.services.sessionmaker() as session:
+            report = await audit(session)
+        assert report.ok, report.violations
+
+    async def job_row(self, job_id: str) -> Job:
+        async with self.services.sessionmaker() as session:
+            job = await session.get(Job, job_id)
+            assert job is not None
+            return job
+
+    def backdate(self, job_id: str, *, seconds: int) -> None:
+        """Move the job's clock back, as if it had started ``seconds`` ago."""
+        earlier = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
+        execute_sql(
+            self.url.url,
+            "UPDATE jobs SET created_at = :t, assigned_at = :t, started_at = CASE "
+            "WHEN started_at IS NULL THEN NULL ELSE :t END WHERE id = :j",
+            t=earlier,
+            j=job_id,
+        )
+
+
+@pytest.fixture
+def make_market(
+    api: Api, services: Services, database_url: DatabaseURL, jp_fetch: Callable[..., Any]
+) -> Callable[..., Any]:
+    async def make(**options: Any) -> Market:
+        return await Market(api, services, database_url, jp_fetch).setup(**options)
+
+    return make
+
+
+@pytest.fixture
+async def market(make_market: Callable[..., Any]) -> Market:
+    return await make_market()  # type: ignore[no-any-return]
+
+
+def error_code(response: HTTPResponse) -> str:
+    return body_of(response)["error"]["code"]  # type: ignore[no-any-return]
+
+
+COMPLETE = {
+    "workerId": "bob-1",
+    "status": "completed",
+    "result": {"answer": 42},
+    "metrics": {"processingTimeSeconds": 1.5, "cpuUsageAvg": 20, "ramUsageAvg": 30},
+}
+
+
+# ---------------------------------------------------------------------- create
+
+
+async def test_create_locks_escrow_and_assigns_the_cheapest_offer(market: Market):
+    await market.register("bob-2", price=20)
+    r = await market.create(computeNeeded=0.5, maxPrice=100)
+    assert r.code == 200, r.body
+    data = body_of(r)
+    job = data["job"]
+    assert data["success"] is True
+    assert job["status"] == "ASSIGNED"
+    assert job["workerId"] == "bob-2"
+    assert job["pricePerHour"] == 20
+    assert job["computeNeeded"] == 0.5
+    assert job["maxPrice"] == 100
+    # Locked 100 × 0.5 = 50 while unassigned, reduced to 20 × 0.5 = 10 at assignment.
+    assert data["estimatedCost"] == job["estimatedCost"] == 10
+    assert await market.balance(market.alice_id) == 990
+    assert await market.services.ledger.escrow_balance(job["id"]) == 10
+    await market.audit_ok()
+    # The provider is busy now: the next job goes to the other one.
+    r2 = await market.create(computeNeeded=0.5, maxPrice=100)
+    assert body_of(r2)["job"]["workerId"] == "bob-1"
+    r3 = await market.create(computeNeeded=0.5, maxPrice=100)
+    assert body_of(r3)["job"]["status"] == "PENDING"
+    assert await market.services.ledger.escrow_balance(body_of(r3)["job"]["id"]) == 50
+    await market.audit_ok()
+
+
+async def test_create_respects_constraints(market: Market):
+    r = await market.create(gpuModel=["A100"])
+    assert body_of(r)["job"]["status"] == "PENDING"
+    assert body_of(r)["job"]["gpuModel"] == ["A100"]
+    r = await market.create(minVram=48)
+    assert body_of(r)["job"]["status"] == "PENDING"
+    r = await market.create(maxPrice=39)
+    assert body_of(r)["job"]["status"] == "PENDING"
+    r = await market.create(gpuModel=["rtx 4090"], minVram=24, maxPrice=40)
+    assert body_of(r)["job"]["status"] == "ASSIGNED"
+
+
+async def test_create_without_funds_is_402_and_locks_nothing(
+    api: Api, services: Services, make_market: Callable[..., Any]
+):
+    market = await make_market(funds=10)
+    r = await market.create(computeNeeded=1, maxPrice=100)
+    assert r.code == 402
+    assert error_code(r) == "insufficient_funds"
+    assert await market.balance(market.alice_id) == 10
+    async with services.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 0
+    await market.audit_ok()
+    listed = body_of(await api("GET", "jobs", token=market.alice["token"]))
+    assert listed["total"] == 0
+
+
+async def test_create_refuses_bad_input(market: Market):
+    carol = await login(market.api, SEED_CAROL)
+    r = await market.create(token=carol["token"])  # Alice's address, Carol's token
+    assert r.code == 403
+    for changes in (
+        {"computeNeeded": 0},
+        {"computeNeeded": 169},
+        {"computeNeeded": "1"},
+        {"maxPrice": -1},
+        {"maxPrice": 1.5},
+        {"modelType": ""},
+        {"modelType": "has space"},
+        {"minVram": -1},
+        {"gpuModel": "A100"},
+        {"qubicAddress": "X"},
+        {"unknown": 1},
+    ):
+        r = await market.create(**changes)
+        assert r.code == 422, (changes, r.body)
+    assert (await market.api("POST", "jobs/create", json_body={})).code == 401
+    assert await market.balance(market.alice_id) == 1000
+
+
+# ---------------------------------------------------------------------- Idempotency-Key
+
+
+async def test_same_key_same_body_replays_and_moves_money_once(market: Market):
+    first = await market.create(key="create-1", maxPrice=100, computeNeeded=1)
+    second = await market.create(key="create-1", maxPrice=100, computeNeeded=1)
+    assert first.code == second.code == 200
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert body_of(first) == body_of(second)
+    assert await market.balance(market.alice_id) == 1000 - 40
+    listed = body_of(await market.api("GET", "jobs", token=market.alice["token"]))
+    assert listed["total"] == 1
+    await market.audit_ok()
+
+
+async def test_same_key_other_body_is_a_conflict(market: Market):
+    assert (await market.create(key="k", computeNeeded=1)).code == 200
+    other = await market.create(key="k", computeNeeded=2)
+    assert other.code == 409
+    assert error_code(other) == "idempotency_conflict"
+    assert await market.balance(market.alice_id) == 960
+    # Keys are per caller: Carol's "k" is her own.
+    carol = await login(market.api, SEED_CAROL)
+    await market.services.ledger.deposit(carol["user"]["id"], 100, idempotency_key="fund-c")
+    carol_address = KeyPair.from_seed(SEED_CAROL).identity
+    r = await market.create(key="k", token=carol["token"], qubicAddress=carol_address)
+    assert r.code == 200
+    assert "Idempotent-Replayed" not in r.headers
+
+
+async def test_without_a_key_two_creates_make_two_jobs(market: Market):
+    a = body_of(await market.create(maxPrice=40, computeNeeded=1))
+    b = body_of(await market.create(maxPrice=40, computeNeeded=1))
+    assert a["job"]["id"] != b["job"]["id"]
+    assert await market.balance(market.alice_id) == 1000 - 80
+    await market.audit_ok()
+
+
+@pytest.mark.parametrize("key", ["has space", "x" * 201, "tab\tkey", "é"])
+async def test_a_malformed_key_is_422(market: Market, key: str):
+    r = await market.create(key=key)
+    assert r.code == 422
+    assert error_code(r) == "validation_failed"
+    assert await market.balance(market.alice_id) == 1000
+
+
+async def test_a_failed_request_can_be_retried_under_its_key(
+    api: Api, services: Services, make_market: Callable[..., Any]
+):
+    market = await make_market(funds=10)
+    assert (await market.create(key="retry", computeNeeded=1, maxPrice=40)).code == 402
+    await services.ledger.deposit(market.alice_id, 100, idempotency_key="more")
+    r = await market.create(key="retry", computeNeeded=1, maxPrice=40)
+    assert r.code == 200
+    assert "Idempotent-Replayed" not in r.headers
+    assert await market.balance(market.alice_id) == 110 - 40
+    await market.audit_ok()
+
+
+async def test_five_concurrent_creates_with_one_key_make_one_job(market: Market):
+    answers = await asyncio.gather(
+        *(market.create(key="together", computeNeeded=1, maxPrice=100) for _ in range(5))
+    )
+    ok = [a for a in answers if a.code == 200]
+    assert ok, [a.body for a in answers]
+    for a in answers:
+        assert a.code in (200, 409), a.body
+        if a.code == 409:
+            assert error_code(a) == "request_in_progress"
+    assert len({body_of(a)["job"]["id"] for a in ok}) == 1
+    async with market.services.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 1
+        locks = await session.scalar(
+            select(func.count()).select_from(Transaction).where(Transaction.type == "ESCROW_LOCK")
+        )
+    assert locks == 1
+    assert await market.balance(market.alice_id) == 1000 - 40  # 100 locked, 60 back at 40 QU/h
+    await market.audit_ok()
+    again = await market.create(key="together", computeNeeded=1, maxPrice=100)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+
+
+# ---------------------------------------------------------------------- lifecycle and money
+
+
+async def test_full_lifecycle_pays_the_provider_and_refunds_the_rest(market: Market):
+    created = body_of(await market.create(computeNeeded=1, maxPrice=100))
+    job_id = created["job"]["id"]
+    assert await market.balance(market.alice_id) == 960  # 40 QU/h × 1 h
+    await market.audit_ok()
+
+    pending = await market.worker("GET", "jobs/pending/bob-1")
+    assert pending.code == 200
+    [polled] = body_of(pending)
+    assert polled["id"] == job_id
+    assert polled["inputData"] == {"fn": "abc"}
+
+    for reported, stored in ((10, 10), (5, 10), (150, 100)):
+        r = await market.worker(
+            "POST",
+            f"jobs/{job_id}/progress",
+            {"workerId": "bob-1", "progress": reported, "timestamp": "2026-01-01T00:00:00Z"},
+        )
+        assert r.code == 200, r.body
+        assert body_of(r) == {"success": True, "progress": stored}
+    row = await market.job_row(job_id)
+    assert row.status.value == "RUNNING"
+    assert row.started_at is not None
+    assert body_of(await market.worker("GET", "jobs/pending/bob-1")) == []
+
+    market.backdate(job_id, seconds=900)  # a quarter of an hour: 10 QU at 40 QU/h
+    done = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE, key="done-1")
+    assert done.code == 200, done.body
+    payment = body_of(done)["payment"]
+    assert payment["cost"] in (10, 11)  # the request itself may take a second
+    assert payment == {
+        "cost": payment["cost"],
+        "providerEarning": payment["cost"],
+        "platformFee": 0,
+        "refund": 40 - payment["cost"],
+    }
+    assert await market.balance(market.alice_id) == 1000 - payment["cost"]
+    assert await market.balance(market.bob_id) == payment["cost"]
+    assert await market.services.ledger.escrow_balance(job_id) == 0
+    await market.audit_ok()
+
+    again = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE, key="done-1")
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert body_of(again) == body_of(done)
+    late = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE, key="done-2")
+    assert late.code == 409
+    assert await market.balance(market.bob_id) == payment["cost"]
+
+    result = await market.api("GET", f"jobs/{job_id}/result", token=market.alice["token"])
+    assert body_of(result) == {
+        "jobId": job_id,
+        "status": "COMPLETED",
+        "result": {"answer": 42},
+        "error": None,
+    }
+    job = body_of(await market.api("GET", f"jobs/{job_id}", token=market.alice["token"]))
+    assert job["status"] == "COMPLETED"
+    assert job["actualCost"] == payment["cost"]
+    assert job["progress"] == 100
+    assert job["completedAt"] is not None
+    # Bob sees the job that ran on his provider, not its payload or result.
+    seen = body_of(await market.api("GET", f"jobs/{job_id}", token=market.bob["token"]))
+    assert seen["id"] == job_id
+    assert seen["result"] is None
+    assert seen["inputData"] is None
+    # The provider is free again and takes the next job.
+    nxt = body_of(await market.create(computeNeeded=1, maxPrice=100))
+    assert nxt["job"]["status"] == "ASSIGNED"
+    await market.audit_ok()
+
+
+async def test_a_failed_job_is_charged_its_time(market: Market):
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=40))["job"]["id"]
+    market.backdate(job_id, seconds=1800)
+    failed = {**COMPLETE, "status": "failed", "result": None, "error": "ZeroDivisionError"}
+    r = await market.worker("POST", f"jobs/{job_id}/complete", failed)
+    assert r.code == 200, r.body
+    payment = body_of(r)["payment"]
+    assert payment["cost"] in (20, 21)
+    assert payment["refund"] == 40 - payment["cost"]
+    result = body_of(await market.api("GET", f"jobs/{job_id}/result", token=market.alice["token"]))
+    assert result["status"] == "FAILED"
+    assert result["error"] == "ZeroDivisionError"
+    await market.audit_ok()
+
+
+async def test_a_job_over_its_budget_is_charged_the_budget(market: Market):
+    job_id = body_of(await market.create(computeNeeded=0.25, maxPrice=40))["job"]["id"]
+    market.backdate(job_id, seconds=7200)
+    r = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
+    assert body_of(r)["payment"] == {
+        "cost": 10,
+        "providerEarning": 10,
+        "platformFee": 0,
+        "refund": 0,
+    }
+    await market.audit_ok()
+
+
+@pytest.mark.parametrize("qubix_config", [{"max_result_bytes": 64}])
+async def test_a_result_over_the_cap_is_413_and_fails_the_job(market: Market):
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=40))["job"]["id"]
+    big = {**COMPLETE, "result": {"data": "x" * 100}}
+    r = await market.worker("POST", f"jobs/{job_id}/complete", big, key="big")
+    assert r.code == 413
+    assert error_code(r) == "payload_too_large"
+    row = await market.job_row(job_id)
+    assert row.status.value == "FAILED"
+    assert row.result is None
+    assert "64" in (row.error or "")
+    assert await market.services.ledger.escrow_balance(job_id) == 0
+    assert await market.balance(market.alice_id) == 1000 - (row.actual_cost or 0)
+    again = await market.worker("POST", f"jobs/{job_id}/complete", big, key="big")
+    assert again.code == 413
+    assert await market.balance(market.alice_id) == 1000 - (row.actual_cost or 0)
+    await market.audit_ok()
+
+
+async def test_cancel_a_pending_job_refunds_it_whole(
+    api: Api, services: Services, make_market: Callable[..., Any]
+):
+    market = await make_market(online=False)
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    assert await market.balance(market.alice_id) == 900
+    r = await api("POST", f"jobs/{job_id}/cancel", token=market.alice["token"])
+    assert r.code == 200, r.body
+    data = body_of(r)
+    assert data["job"]["status"] == "CANCELLED"
+    assert data["payment"] == {"cost": 0, "providerEarning": 0, "platformFee": 0, "refund": 100}
+    assert await market.balance(market.alice_id) == 1000
+    again = await api("POST", f"jobs/{job_id}/cancel", token=market.alice["token"])
+    assert again.code == 409
+    result = await api("GET", f"jobs/{job_id}/result", token=market.alice["token"])
+    assert body_of(result)["status"] == "CANCELLED"
+    await market.audit_ok()
+
+
+async def test_cancel_a_running_job_charges_time_used(market: Market):
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    await market.worker(
+        "POST",
+        f"jobs/{job_id}/progress",
+        {"workerId": "bob-1", "progress": 5, "timestamp": "2026-01-01T00:00:00+00:00"},
+    )
+    market.backdate(job_id, seconds=900)
+    token = market.alice["token"]
+    bob = await market.api("POST", f"jobs/{job_id}/cancel", token=market.bob["token"])
+    assert bob.code == 403
+    r = await market.api(
+        "POST", f"jobs/{job_id}/cancel", token=token, headers={"Idempotency-Key": "c"}
+    )
+    assert r.code == 200, r.body
+    payment = body_of(r)["payment"]
+    assert payment["cost"] in (10, 11)
+    assert payment["refund"] == 40 - payment["cost"]
+    again = await market.api(
+        "POST", f"jobs/{job_id}/cancel", token=token, headers={"Idempotency-Key": "c"}
+    )
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert await market.balance(market.bob_id) == payment["cost"]
+    # The worker's late report is refused; the provider is free for the next job.
+    late = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
+    assert late.code == 409
+    assert body_of(await market.create())["job"]["status"] == "ASSIGNED"
+    await market.audit_ok()
+
+
+async def test_unassignable_after_the_timeout_is_refunded_whole(
+    api: Api, services: Services, make_market: Callable[..., Any]
+):
+    market = await make_market(online=False)
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    await services.jobs.sweep()
+    assert (await market.job_row(job_id)).status.value == "PENDING"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=31)
+    await services.jobs.sweep(now=later)
+    row = await market.job_row(job_id)
+    assert row.status.value == "FAILED"
+    assert row.error == "unassignable"
+    assert await market.balance(market.alice_id) == 1000
+    await market.audit_ok()
+
+
+async def test_a_waiting_job_is_assigned_when_a_provider_comes_online(
+    api: Api, services: Services, make_market: Callable[..., Any]
+):
+    market = await make_market(online=False)
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    market.set_provider("bob-1", is_online=True)
+    await services.jobs.sweep()
+    row = await market.job_row(job_id)
+    assert row.status.value == "ASSIGNED"
+    assert row.price_per_hour == 40
+    assert await market.balance(market.alice_id) == 960
+    await market.audit_ok()
+
+
+# ---------------------------------------------------------------------- reads and refusals
+
+
+async def test_reads_check_ownership(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    carol = await login(market.api, SEED_CAROL)
+    for path in (f"jobs/{job_id}", f"jobs/{job_id}/result"):
+        assert (await market.api("GET", path, token=carol["token"])).code == 403
+        assert (await market.api("GET", path)).code == 401
+    assert (await market.api("GET", f"jobs/{job_id}/result", token=market.bob["token"])).code == 403
+    r = await market.api("GET", f"jobs/{job_id}/result", token=market.alice["token"])
+    assert r.code == 409
+    assert error_code(r) == "invalid_state"
+    for path in ("jobs/no-such-job", "jobs/no-such-job/result"):
+        r = await market.api("GET", path, token=market.alice["token"])
+        assert r.code == 404
+        assert error_code(r) == "unknown_job"
+    r = await market.api("POST", "jobs/no-such-job/cancel", token=market.alice["token"])
+    assert r.code == 404
+    assert (await market.api("POST", f"jobs/{job_id}/cancel")).code == 401
+    assert (await market.api("GET", "jobs")).code == 401
+
+
+async def test_list_my_jobs_paged_and_filtered(market: Market):
+    ids = [body_of(await market.create())["job"]["id"] for _ in range(3)]  # 1 assigned, 2 pending
+    token = market.alice["token"]
+    page = body_of(await market.list_jobs(token, limit=2))
+    assert page["total"] == 3
+    assert len(page["items"]) == 2
+    rest = body_of(await market.list_jobs(token, limit=2, offset=2))
+    assert {j["id"] for j in page["items"] + rest["items"]} == set(ids)
+    pending = body_of(await market.list_jobs(token, status="PENDING"))
+    assert pending["total"] == 2
+    assert all(j["status"] == "PENDING" for j in pending["items"])
+    assert body_of(await market.api("GET", "jobs", token=market.bob["token"]))["total"] == 0
+    for bad in ({"status": "DONE"}, {"limit": 0}, {"offset": -1}, {"nope": 1}):
+        assert (await market.list_jobs(token, **bad)).code == 422
+
+
+async def test_worker_routes_check_the_worker(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    other_token = await market.register("bob-2", price=50)
+    progress = {"workerId": "bob-1", "progress": 1, "timestamp": "2026-01-01T00:00:00Z"}
+    # No token, a user token, another worker's token: 401, 401, 403.
+    assert (await market.api("GET", "jobs/pending/bob-1")).code == 401
+    r = await market.api("GET", "jobs/pending/bob-1", token=market.bob["token"])
+    assert r.code == 401
+    r = await market.api("GET", "jobs/pending/bob-1", token=other_token)
+    assert r.code == 403
+    r = await market.api("POST", f"jobs/{job_id}/progress", json_body=progress, token=other_token)
+    assert r.code == 403
+    r = await market.api(
+        "POST",
+        f"jobs/{job_id}/progress",
+        json_body={**progress, "workerId": "bob-2"},
+        token=other_token,
+    )
+    assert r.code == 403
+    r = await market.api("POST", f"jobs/{job_id}/complete", json_body=COMPLETE, token=other_token)
+    assert r.code == 403
+    r = await market.worker("POST", "jobs/nope/progress", progress)
+    assert r.code == 404
+    for bad in (
+        {**progress, "progress": "10"},
+        {**progress, "timestamp": "yesterday"},
+        {"workerId": "bob-1", "progress": 1},
+    ):
+        assert (await market.worker("POST", f"jobs/{job_id}/progress", bad)).code == 422
+    for bad in ({**COMPLETE, "status": "done"}, {**COMPLETE, "metrics": {}}):
+        assert (await market.worker("POST", f"jobs/{job_id}/complete", bad)).code == 422
+    assert (await market.job_row(job_id)).status.value == "ASSIGNED"
+    await market.audit_ok()
