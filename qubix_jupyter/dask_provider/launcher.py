@@ -119,6 +119,7 @@ class ProviderLauncher:
         self.config = config
         self._detect = detect
         self._http = http
+        self._owns_http = http is None
         self._python = python
         self.devices: list[SharedDevice] = []
         self.scheduler_address: str | None = None
@@ -283,6 +284,13 @@ class ProviderLauncher:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection to the market (``stop`` does it too)."""
+        if self._http is not None and self._owns_http:
+            self._http.close()
+            self._http = None
 
     def wait(self) -> int:
         """Block until every worker has exited (``qubix provide`` in the foreground)."""

@@ -38,6 +38,7 @@ from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .jobs import JobService
 from .openapi import openapi_document
 from .routes import API_PREFIX, MARKET, ROUTES, by_path, routes_for
+from .scheduler_directory import SchedulerDirectory
 from .services import HealthService, Services, WalletService
 from .websocket import EVENTS, EVENTS_PATH, ChannelOwnership, EventsHandler, add_events_to
 
@@ -92,7 +93,7 @@ class QubixExtension(ExtensionApp):
         config=True,
         help="""Address of an external Dask scheduler, e.g. "tls://scheduler.internal:8786".
         Empty (default): the market embeds its own scheduler on the server's event loop.
-        Not used yet by this version.
+        Providers' workers learn the address from `GET scheduler` (worker token).
         """,
     )
 
@@ -277,6 +278,7 @@ class QubixExtension(ExtensionApp):
             jobs=jobs,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
+            scheduler=SchedulerDirectory(self.scheduler_address),
         )
         self.services = services
         if self.role in MARKET and self.serverapp is not None:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from . import endpoints, models
 from . import jobs_endpoints as jobs
 from . import marketplace_endpoints as market
+from . import scheduler_endpoints as scheduler
 from .route import API_PREFIX, EVERY_ROLE, MARKET, Route
 
 __all__ = ["API_PREFIX", "EVERY_ROLE", "MARKET", "ROUTES", "Route", "by_path", "routes_for"]
@@ -86,7 +87,7 @@ CORE_ROUTES: tuple[Route, ...] = (
     ),
 )
 
-ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *market.ROUTES, *jobs.ROUTES)
+ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *market.ROUTES, *jobs.ROUTES, *scheduler.ROUTES)
 
 
 def routes_for(role: str, routes: Iterable[Route] = ROUTES) -> tuple[Route, ...]:

@@ -16,6 +16,7 @@ from ..db.models import Account, Job, Provider
 from ..market.states import AccountKind, JobStatus
 from .auth import AuthService, RateLimiter
 from .events import EventHub
+from .scheduler_directory import SchedulerDirectory
 
 if TYPE_CHECKING:  # jobs builds on the endpoints, which import this module
     from .jobs import JobService
@@ -89,3 +90,5 @@ class Services:
     jobs: JobService
     max_body_bytes: int
     allowed_origins: tuple[str, ...]
+    #: Where providers' workers reach the scheduler (``GET scheduler``); set once it listens.
+    scheduler: SchedulerDirectory = dataclasses.field(default_factory=SchedulerDirectory)
