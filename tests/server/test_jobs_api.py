@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pytest_jupyter.jupyter_server import jp_ws_fetch  # noqa: F401 (a fixture)
 from sqlalchemy import func, select
 from tornado.httpclient import HTTPResponse
+from tornado.websocket import WebSocketClientConnection
 
 from qubix_jupyter.db.ledger import audit
 from qubix_jupyter.db.models import Job, Transaction
@@ -608,3 +611,89 @@ async def test_worker_routes_check_the_worker(market: Market):
         assert (await market.worker("POST", f"jobs/{job_id}/complete", bad)).code == 422
     assert (await market.job_row(job_id)).status.value == "ASSIGNED"
     await market.audit_ok()
+
+
+# ---------------------------------------------------------------------- events
+
+
+async def frame_of(ws: WebSocketClientConnection, kind: str) -> dict[str, Any]:
+    """The next frame of type ``kind`` (others, e.g. coalesced marketplace ones, skipped)."""
+    while True:
+        message = await asyncio.wait_for(ws.read_message(), 10.0)
+        assert message is not None, f"closed: {ws.close_code} {ws.close_reason}"
+        frame = json.loads(message)
+        if frame["type"] == kind:
+            return frame  # type: ignore[no-any-return]
+
+
+async def subscribed(ws: WebSocketClientConnection, channel: str) -> None:
+    await ws.write_message(json.dumps({"type": "subscribe", "channel": channel}))
+    await frame_of(ws, "SUBSCRIBED")
+
+
+async def test_the_lifecycle_is_published(
+    api: Api,
+    services: Services,
+    make_market: Callable[..., Any],
+    jp_ws_fetch: Callable[..., Any],  # noqa: F811 (the fixture, imported above)
+):
+    market = await make_market(online=False)
+
+    async def connect(token: str) -> WebSocketClientConnection:
+        headers = {"Authorization": f"Bearer {token}"}
+        return await jp_ws_fetch("qubix", "api", "events", headers=headers)  # type: ignore[no-any-return]
+
+    alice = await connect(market.alice["token"])
+    bob = await connect(market.bob["token"])
+    public = await connect(market.alice["token"])
+    try:
+        await subscribed(alice, "wallet")
+        await subscribed(bob, "wallet")
+        job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+        locked = await frame_of(alice, "BALANCE_CHANGED")
+        assert locked["data"] == {
+            "balance": 900,
+            "change": -100,
+            "reason": "escrow_lock",
+            "jobId": job_id,
+        }
+        await subscribed(alice, f"job:{job_id}")
+        await subscribed(public, "marketplace")
+
+        market.set_provider("bob-1", is_online=True)
+        await services.jobs.sweep()
+        released = await frame_of(alice, "BALANCE_CHANGED")
+        assert released["data"]["change"] == 60
+        assert released["data"]["balance"] == 960
+        assigned = await frame_of(alice, "JOB_ASSIGNED")
+        assert assigned["channel"] == f"job:{job_id}"
+        assert assigned["data"]["job"]["status"] == "ASSIGNED"
+        assert assigned["data"]["job"]["workerId"] == "bob-1"
+        busy = await frame_of(public, "MARKETPLACE_UPDATE")
+        assert [(p["workerId"], p["status"]) for p in busy["data"]["providers"]] == [
+            ("bob-1", "busy")
+        ]
+
+        progress = {"workerId": "bob-1", "progress": 30, "timestamp": "2026-01-01T00:00:00Z"}
+        assert (await market.worker("POST", f"jobs/{job_id}/progress", progress)).code == 200
+        reported = await frame_of(alice, "JOB_PROGRESS")
+        assert reported["data"] == {"jobId": job_id, "progress": 30, "status": "RUNNING"}
+
+        market.backdate(job_id, seconds=900)
+        done = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
+        cost = body_of(done)["payment"]["cost"]
+        refunded = await frame_of(alice, "BALANCE_CHANGED")
+        assert refunded["data"]["reason"] == "job_refund"
+        assert refunded["data"]["balance"] == 1000 - cost
+        completed = await frame_of(alice, "JOB_COMPLETED")
+        assert completed["data"]["job"]["status"] == "COMPLETED"
+        earned = await frame_of(bob, "BALANCE_CHANGED")
+        assert earned["data"]["reason"] == "job_earning"
+        assert earned["data"]["change"] == earned["data"]["balance"] == cost
+        free = await frame_of(public, "MARKETPLACE_UPDATE")
+        assert [(p["workerId"], p["status"]) for p in free["data"]["providers"]] == [
+            ("bob-1", "online")
+        ]
+    finally:
+        for ws in (alice, bob, public):
+            ws.close()
