@@ -45,6 +45,7 @@ from .models import (
     MetricsHistory,
     Offer,
     OfferPage,
+    Payment,
     Registration,
     Session,
     TransactionPage,
@@ -447,6 +448,49 @@ class AsyncMarketClient:
         return MetricsHistory.from_json(answer)
 
     # ------------------------------------------------------------------ jobs
+
+    async def pending_jobs(self, worker_id: str) -> list[JobInfo]:
+        """Worker call: the jobs assigned to this worker and not started, with their payloads."""
+        answer = await self.request("GET", f"jobs/pending/{_segment(worker_id)}", auth="worker")
+        return [JobInfo.from_json(item) for item in answer]
+
+    async def report_progress(self, job_id: str, worker_id: str, progress: float) -> int:
+        """Worker call: ``progress`` percent done; answers the progress the market stored."""
+        body = {
+            "workerId": worker_id,
+            "progress": progress,
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        answer = await self.request(
+            "POST", f"jobs/{_segment(job_id)}/progress", json=body, auth="worker"
+        )
+        return int(answer["progress"])
+
+    async def complete_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        result: Any = None,
+        error: str | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> Payment:
+        """Worker call: the job ended (``error`` None: completed); answers how it was paid."""
+        body = _drop_none(
+            {
+                "workerId": worker_id,
+                "status": "failed" if error is not None else "completed",
+                "result": result,
+                "error": error,
+                "metrics": dict(
+                    metrics or {"processingTimeSeconds": 0, "cpuUsageAvg": 0, "ramUsageAvg": 0}
+                ),
+            }
+        )
+        answer = await self.request(
+            "POST", f"jobs/{_segment(job_id)}/complete", json=body, auth="worker"
+        )
+        return Payment.from_json(answer["payment"])
 
     async def create_job(
         self,

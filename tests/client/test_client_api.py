@@ -3,6 +3,9 @@ the market's error answers as typed exceptions carrying the server's body."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import pickle
 import uuid
 
 import pytest
@@ -18,6 +21,7 @@ from qubix_jupyter.client import (
     Unauthorized,
     ValidationFailed,
 )
+from qubix_jupyter.dask_provider.kinds import run_python
 from qubix_jupyter.settlement.wallet import write_seed_file
 
 from .conftest import GPU, SEED_ALICE, Market, identity, signed_in
@@ -233,3 +237,45 @@ def _closed_port() -> int:
     from .conftest import free_port
 
     return free_port()
+
+
+async def _awaited(job: qubix.Job) -> object:
+    return await job
+
+
+def test_a_submitted_function_runs_where_the_worker_reads_it_and_its_result_comes_back(
+    market: Market,
+):
+    """The consumer's job travels as documented to the provider's worker (the worker calls are
+    the client's too); ``result`` waits on the job's channel and unpickles the answer."""
+    provider = signed_in(market, "k" * 55)
+    consumer = MarketClient(market.url, seed="m" * 55)
+    try:
+        worker = _worker()
+        provider.quick_register(worker, GPU, 10)
+        usage = {"cpuPercent": 5, "ramPercent": 10, "ramUsedGb": 1, "ramTotalGb": 8}
+        provider.heartbeat(worker, usage)  # online: the job can be assigned to it
+        consumer.sign_in()
+        consumer.deposit(100)
+        job = qubix.submit(pow, 2, 5, max_price=20, hours=1, gpu="RTX 4090", client=consumer)
+        assert job.status == "ASSIGNED"
+
+        (pending,) = provider.pending_jobs(worker)
+        assert pending.id == job.id
+        payload = base64.b64decode(pending.input_data["payload"])
+        assert pending.input_data["kind"] == "python"
+        assert run_python(payload) == 32  # the provider's python runner reads it as it is
+        assert provider.report_progress(job.id, worker, 50) == 50
+        assert job.progress == 50
+        answer = {"kind": "pickle", "payload": base64.b64encode(pickle.dumps(32)).decode()}
+        payment = provider.complete_job(job.id, worker, result=answer)
+        assert payment.cost + payment.refund == 10  # the budget at the provider's price
+
+        assert job.result(timeout=60) == 32
+        assert job.status == "COMPLETED"
+        assert asyncio.run(_awaited(job)) == 32
+        with pytest.raises((Forbidden, NotFound)):  # the provider may not cancel it
+            provider.cancel_job(job.id)
+    finally:
+        provider.close()
+        consumer.close()
