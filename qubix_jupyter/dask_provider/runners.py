@@ -15,6 +15,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import multiprocessing
+import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -38,6 +42,8 @@ DEFAULT_MAX_RESULT_BYTES = 64 * 2**20
 #: whether the job should stop while it waits for the pipe.
 _GRACE_S = 2.0
 _POLL_S = 0.2
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_ORPHANED_EXIT = 70
 
 #: A kind: called in the child with the job's payload; returns the result (pickled by the runner).
 Kind = Callable[[Any], Any]
@@ -100,8 +106,33 @@ def _limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _child(conn: Connection, kind_name: str, payload: Any, limits: JobLimits) -> None:
+def _die_with(parent: int, limits: JobLimits) -> None:
+    """End this child when its worker dies or its budget is long past, even unattended.
+
+    The worker enforces the budget while it lives; a worker killed outright (SIGKILL, OOM
+    killer) cannot, and consumer code must not outlive it on the provider's machine.
+    """
+    if sys.platform == "linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl here: the watchdog below still holds
+            pass
+    deadline = time.monotonic() + limits.time_budget_s + 2 * _GRACE_S
+
+    def watch() -> None:
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(_POLL_S * 5)
+        os._exit(_ORPHANED_EXIT)
+
+    threading.Thread(target=watch, name="qubix-job-watchdog", daemon=True).start()
+
+
+def _child(conn: Connection, kind_name: str, payload: Any, limits: JobLimits, parent: int) -> None:
     """The job's process: every outcome becomes one final message on ``conn``."""
+    _die_with(parent, limits)
     progress_module.install(lambda fraction: conn.send(("progress", fraction)))
     try:
         _limit_memory(limits.memory_limit_bytes)
@@ -158,7 +189,10 @@ def run_job(
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child, args=(sender, kind, payload, limits), name=f"qubix-job-{kind}", daemon=True
+        target=_child,
+        args=(sender, kind, payload, limits, os.getpid()),
+        name=f"qubix-job-{kind}",
+        daemon=True,
     )
     started = time.monotonic()
     deadline = started + limits.time_budget_s

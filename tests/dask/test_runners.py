@@ -173,3 +173,54 @@ def test_limits_refuse_nonsense() -> None:
         JobLimits(time_budget_s=0)
     with pytest.raises(ValueError, match="memory"):
         JobLimits(time_budget_s=1, memory_limit_bytes=0)
+
+
+_ORPHAN_PARENT = """
+import sys
+from qubix_jupyter.dask_provider.kinds import python_payload
+from qubix_jupyter.dask_provider.runners import JobLimits, run_job
+
+def forever(path):
+    import os, time
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+run_job("python", python_payload(forever, sys.argv[1]), JobLimits(time_budget_s=300))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_job_does_not_outlive_its_killed_worker(tmp_path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "child.pid"
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, str(marker)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and marker.read_text()):
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        child = int(marker.read_text())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(child):
+            assert time.monotonic() < deadline, "the job outlived its worker"
+            time.sleep(0.05)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

@@ -30,6 +30,7 @@ class Heard:
         self.offline: list[str] = []
         self.progress: list[tuple[str, float]] = []
         self.changed = asyncio.Event()
+        self.offline_listeners: list = []  # type: ignore[type-arg]
 
     def callbacks(self) -> SchedulerCallbacks:
         def online(name: str, address: str, resources: dict[str, float]) -> None:
@@ -38,6 +39,8 @@ class Heard:
 
         def offline(name: str, address: str) -> None:
             self.offline.append(name)
+            for listener in self.offline_listeners:
+                listener(name)
             self.changed.set()
 
         def progress(job: str, fraction: float, worker: str) -> None:
@@ -102,6 +105,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
             qubix.progress(0.5)
             return n + 1
 
+        heard.offline_listeners.append(dispatcher.worker_offline)
         worker_address = next(iter(market.scheduler.workers))  # type: ignore[union-attr]
         dispatcher.dispatch(
             "job-1",
@@ -131,12 +135,54 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
         assert "ZeroDivisionError" in failures["job-2"].details["traceback"]
         assert good.poll() is None
 
+        def forever() -> None:
+            import time
+
+            import qubix_jupyter as qubix
+
+            qubix.progress(0.1)
+            while True:
+                time.sleep(0.05)
+
+        # A consumer's cancel stops the job's child; the job ends as stopped.
+        done.clear()
+        dispatcher.dispatch(
+            "job-3",
+            "python",
+            python_payload(forever),
+            worker_name="w-good",
+            worker_address=worker_address,
+            limits=JobLimits(time_budget_s=300),
+        )
+        await heard.until(lambda: ("job-3", 0.1) in heard.progress)
+        await dispatcher.stop("job-3")
+        async with asyncio.timeout(60):
+            await done.wait()
+        assert failures["job-3"].details.get("stopped") is True
+        assert dispatcher.running == {}
+
         # SIGKILL: the connection drops and the worker is reported lost.
         killed = start_worker(address, "w-kill", TOKENS["w-kill"], tmp_path)
         processes.append(killed)
         await heard.until(lambda: "w-kill" in heard.online)
+        kill_address = next(
+            a
+            for a, w in market.scheduler.workers.items()
+            if w.name == "w-kill"  # type: ignore[union-attr]
+        )
+        dispatcher.dispatch(
+            "job-4",
+            "python",
+            python_payload(forever),
+            worker_name="w-kill",
+            worker_address=kill_address,
+            limits=JobLimits(time_budget_s=300),
+        )
+        await heard.until(lambda: ("job-4", 0.1) in heard.progress)
         killed.send_signal(signal.SIGKILL)
         await heard.until(lambda: "w-kill" in heard.offline)
+        assert lost == {"job-4": "w-kill"}  # the market reassigns it
+        assert "job-4" not in failures
 
         # SIGSTOP: the connection stays open; the lowered TTL removes the silent worker.
         frozen = start_worker(address, "w-stop", TOKENS["w-stop"], tmp_path)
