@@ -1,0 +1,73 @@
+"""The scheduler over TLS (``distributed.Security``), with a self-signed certificate made here."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from distributed import Security, Worker
+
+from qubix_jupyter.dask_provider.scheduler import TOKEN_KEY, SchedulerCallbacks, start_scheduler
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl tool")
+
+
+def self_signed(directory: Path) -> tuple[str, str]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_workers_join_over_tls_and_the_market_client_still_runs_jobs(tmp_path: Path):
+    cert, key = self_signed(tmp_path)
+    security = Security(
+        tls_ca_file=cert,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        require_encryption=True,
+    )
+    online: list[str] = []
+    market = await start_scheduler(
+        lambda name, token: token == "qxw_tls",
+        SchedulerCallbacks(worker_online=lambda name, address, resources: online.append(name)),
+        security=security,
+    )
+    try:
+        assert market.worker_address.startswith("tls://")
+        async with Worker(
+            market.worker_address,
+            name="w-tls",
+            nthreads=1,
+            dashboard=False,
+            security=security,
+            startup_information={TOKEN_KEY: lambda _worker: "qxw_tls"},
+        ):
+            assert online == ["w-tls"]
+            assert await market.client.submit(sum, [1, 2, 3], pure=False) == 6
+        # Without a certificate the worker cannot even reach the scheduler's handshake.
+        with pytest.raises((OSError, TimeoutError)):
+            await Worker(
+                market.worker_address.replace("tls://", "tcp://"),
+                name="w-plain",
+                nthreads=1,
+                dashboard=False,
+                startup_information={TOKEN_KEY: lambda _worker: "qxw_tls"},
+                death_timeout=3,
+            )
+        assert online == ["w-tls"]
+    finally:
+        await market.close()
