@@ -697,3 +697,25 @@ async def test_the_lifecycle_is_published(
     finally:
         for ws in (alice, bob, public):
             ws.close()
+
+
+@pytest.mark.parametrize("qubix_config", [{"platform_fee_bps": 2500}])
+async def test_the_platform_fee_comes_out_of_the_providers_pay(market: Market):
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=40))["job"]["id"]
+    market.backdate(job_id, seconds=3600)
+    payment = body_of(await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE))["payment"]
+    assert payment == {"cost": 40, "providerEarning": 30, "platformFee": 10, "refund": 0}
+    assert await market.balance(market.bob_id) == 30
+    assert await market.services.ledger.balance("platform:fees") == 10
+    await market.audit_ok()
+
+
+async def test_concurrent_creates_never_share_a_provider(market: Market):
+    answers = await asyncio.gather(
+        *(market.create(computeNeeded=1, maxPrice=100) for _ in range(5))
+    )
+    jobs = [body_of(a)["job"] for a in answers]
+    assert sorted(j["status"] for j in jobs) == ["ASSIGNED"] + ["PENDING"] * 4
+    # One escrow at the provider's 40 QU/h, four at the max price of 100 QU/h.
+    assert await market.balance(market.alice_id) == 1000 - 40 - 4 * 100
+    await market.audit_ok()
