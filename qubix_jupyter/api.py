@@ -17,7 +17,6 @@ WebSocket (:mod:`qubix_jupyter.client`).
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import pickle
@@ -28,6 +27,7 @@ from typing import Any
 from .client import AsyncMarketClient, MarketClient
 from .client.errors import Conflict, JobFailed, ResultTimeout
 from .client.models import JobInfo
+from .market import payloads
 
 #: How often ``Job.result`` asks the market when no event came (seconds).
 POLL_SECONDS = 2.0
@@ -69,11 +69,10 @@ def default_client() -> MarketClient:
 
 
 def encode_python_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The ``inputData`` of a ``python`` job."""
+    """The ``inputData`` of a ``python`` job (:mod:`qubix_jupyter.market.payloads`)."""
     import cloudpickle
 
-    payload = cloudpickle.dumps((fn, args, kwargs))
-    return {"kind": "python", "payload": base64.b64encode(payload).decode("ascii")}
+    return payloads.python_input(cloudpickle.dumps((fn, args, kwargs)))
 
 
 def decode_result(result: Any) -> Any:
@@ -81,8 +80,8 @@ def decode_result(result: Any) -> Any:
 
     Unpickling runs code of whoever made the pickle: only results of your own jobs come here.
     """
-    if isinstance(result, dict) and result.get("kind") == "pickle" and "payload" in result:
-        return pickle.loads(base64.b64decode(result["payload"]))
+    if payloads.is_pickled_result(result):
+        return pickle.loads(payloads.pickled_result_bytes(result))
     return result
 
 

@@ -4,8 +4,8 @@ the market's error answers as typed exceptions carrying the server's body."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import pickle
+import time
 import uuid
 
 import pytest
@@ -22,6 +22,7 @@ from qubix_jupyter.client import (
     ValidationFailed,
 )
 from qubix_jupyter.dask_provider.kinds import run_python
+from qubix_jupyter.market import payloads
 from qubix_jupyter.settlement.wallet import write_seed_file
 
 from .conftest import GPU, SEED_ALICE, Market, identity, signed_in
@@ -258,16 +259,19 @@ def test_a_submitted_function_runs_where_the_worker_reads_it_and_its_result_come
         consumer.sign_in()
         consumer.deposit(100)
         job = qubix.submit(pow, 2, 5, max_price=20, hours=1, gpu="RTX 4090", client=consumer)
-        assert job.status == "ASSIGNED"
+        deadline = time.monotonic() + 45  # assigned at once, or by the matcher's next round
+        while job.status != "ASSIGNED" and time.monotonic() < deadline:
+            provider.heartbeat(worker, usage)
+            time.sleep(0.5)
+        assert job.info.status == "ASSIGNED"
 
         (pending,) = provider.pending_jobs(worker)
         assert pending.id == job.id
-        payload = base64.b64decode(pending.input_data["payload"])
-        assert pending.input_data["kind"] == "python"
+        payload = payloads.python_call_bytes(pending.input_data)
         assert run_python(payload) == 32  # the provider's python runner reads it as it is
         assert provider.report_progress(job.id, worker, 50) == 50
         assert job.progress == 50
-        answer = {"kind": "pickle", "payload": base64.b64encode(pickle.dumps(32)).decode()}
+        answer = payloads.pickled_result(pickle.dumps(32))
         payment = provider.complete_job(job.id, worker, result=answer)
         assert payment.cost + payment.refund == 10  # the budget at the provider's price
 
