@@ -32,14 +32,18 @@ from ..db.auth_store import AuthStore
 from ..db.engine import make_engine, make_sessionmaker
 from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
+from ..db.settlement_store import SettlementStore
+from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .jobs import JobService
+from .metrics import MarketMetrics
 from .openapi import openapi_document
 from .routes import API_PREFIX, MARKET, ROUTES, by_path, routes_for
 from .scheduler_directory import SchedulerDirectory
 from .services import HealthService, Services, WalletService
+from .settlement import SettlementService
 from .websocket import EVENTS, EVENTS_PATH, ChannelOwnership, EventsHandler, add_events_to
 
 
@@ -188,6 +192,77 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    settlement_backend = CaselessStrEnum(
+        ["memory", "qubic"],
+        default_value="memory",
+        config=True,
+        help="""Where QU enters and leaves the ledger. "memory" (default): a simulated Qubic
+        chain in this process, for demos and development; POST wallet/deposit funds a wallet
+        and nothing reaches the network. "qubic": the Qubic network through qubic_rpc_url,
+        deposits watched at per-user identities, payouts sent from the platform wallet whose
+        seed is in qubic_platform_seed_file.
+        Example: c.QubixExtension.settlement_backend = "qubic"
+        """,
+    )
+
+    settlement_interval = Float(
+        5.0,
+        config=True,
+        help="""Seconds between settlement rounds (credit new deposits, send and confirm
+        payouts; with the memory backend each round is also one tick of the simulated chain).
+        0 runs no rounds in this process (another process of the market runs them). Must be
+        >= 0. Example: c.QubixExtension.settlement_interval = 2.0
+        """,
+    )
+
+    qubic_rpc_url = Unicode(
+        "",
+        config=True,
+        help="""Qubic RPC gateway serving /live/v1 and /query/v1, for the "qubic" settlement
+        backend, e.g. "https://rpc.qubic.org" (or your own node's gateway). Required with it.
+        """,
+    )
+
+    qubic_platform_seed_file = Unicode(
+        "",
+        config=True,
+        help="""Path of a file that holds the platform wallet's seed (55 lowercase letters, the
+        first line), for the "qubic" settlement backend: payouts are signed with it, so keep the
+        file readable by the server only. Required with it.
+        Example: c.QubixExtension.qubic_platform_seed_file = "/run/secrets/qubix-platform-seed"
+        """,
+    )
+
+    qubic_deposit_seed_file = Unicode(
+        "",
+        config=True,
+        help="""Path of a file that holds a secret (its first line) from which each user's
+        deposit identity is derived, for the "qubic" settlement backend; the operator can
+        re-derive a deposit identity's seed from it to move what was deposited. Empty (default):
+        users have no deposit identity until the operator assigns one.
+        """,
+    )
+
+    assign_timeout_seconds = Float(
+        30.0,
+        config=True,
+        help="""Seconds a new job may wait for an online, available provider that meets its
+        constraints; after that it fails as "unassignable" and its escrow is refunded whole.
+        The assigner retries waiting jobs about once a second, and at once when a provider
+        becomes free. Must be > 0. Example: c.QubixExtension.assign_timeout_seconds = 60
+        """,
+    )
+
+    max_result_bytes = Int(
+        1024 * 1024,
+        config=True,
+        help="""Largest job result the market keeps, in bytes of compact JSON (default 1 MiB).
+        A worker that reports a larger one is answered 413 payload_too_large; the job fails,
+        is charged the time it used, and the rest of its escrow is refunded. Must be > 0.
+        Example: c.QubixExtension.max_result_bytes = 16777216
+        """,
+    )
+
     #: Pings of the events WebSocket (not a trait: tests and embedders may replace it).
     event_heartbeat = HeartbeatPolicy()
 
@@ -220,6 +295,13 @@ class QubixExtension(ExtensionApp):
             raise TraitError(f"{proposal['trait'].name} must be > 0, not {value}")
         return value  # type: ignore[no-any-return]
 
+    @validate("settlement_interval")
+    def _valid_interval(self, proposal: dict) -> float:  # type: ignore[type-arg]
+        value = proposal["value"]
+        if value < 0:
+            raise TraitError(f"settlement_interval must be >= 0 (0: no rounds), not {value}")
+        return value  # type: ignore[no-any-return]
+
     @validate("rate_limit_per_minute")
     def _non_negative(self, proposal: dict) -> int:  # type: ignore[type-arg]
         value = proposal["value"]
@@ -240,6 +322,35 @@ class QubixExtension(ExtensionApp):
         else:
             _ensure_current_now(url)
 
+    @staticmethod
+    def _secret(path: str, trait: str) -> str | None:
+        if not path:
+            return None
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as file:
+                return file.readline().strip()
+        except OSError as exc:
+            raise SettlementNotConfigured(
+                f"QubixExtension.{trait}: cannot read {path}: {exc.strerror}", field=trait
+            ) from exc
+
+    def _settlement_backend(self, ledger: Ledger, sessionmaker: object) -> SettlementBackend:
+        if self.settlement_backend == "memory":
+            return make_backend("memory", ledger=ledger)
+        if not self.qubic_rpc_url:
+            raise SettlementNotConfigured(
+                "the qubic settlement backend needs QubixExtension.qubic_rpc_url",
+                field="qubic_rpc_url",
+            )
+        return make_backend(
+            "qubic",
+            ledger=ledger,
+            store=SettlementStore(sessionmaker),  # type: ignore[arg-type]
+            rpc_url=self.qubic_rpc_url,
+            platform_seed=self._secret(self.qubic_platform_seed_file, "qubic_platform_seed_file"),
+            deposit_seed=self._secret(self.qubic_deposit_seed_file, "qubic_deposit_seed_file"),
+        )
+
     def initialize_settings(self) -> None:
         try:
             self._prepare_database()
@@ -253,6 +364,12 @@ class QubixExtension(ExtensionApp):
         ledger = Ledger(sessionmaker, platform_fee_bps=self.platform_fee_bps)
         self.routes = routes_for(self.role, ROUTES)
         self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
+        try:
+            backend = self._settlement_backend(ledger, sessionmaker)
+        except Exception as exc:
+            self.log.error("QUBIX market not started: %s", getattr(exc, "message", exc))
+            raise
+        settlement = SettlementService(backend, self.events)
         jobs = JobService(
             sessionmaker,
             ledger,
@@ -276,6 +393,8 @@ class QubixExtension(ExtensionApp):
             idempotency=IdempotencyStore(sessionmaker),
             events=self.events,
             jobs=jobs,
+            settlement=settlement,
+            metrics=MarketMetrics(sessionmaker, self.events, settlement_backend=backend.name),
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
             scheduler=SchedulerDirectory(self.scheduler_address),
@@ -285,6 +404,8 @@ class QubixExtension(ExtensionApp):
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
             self.serverapp.io_loop.add_callback(jobs.start)
+            if self.settlement_interval > 0:
+                self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
         base_url = self.serverapp.base_url if self.serverapp else "/"
         document = openapi_document(self.routes, base_url)
         if self.role in MARKET:
@@ -312,4 +433,5 @@ class QubixExtension(ExtensionApp):
             events.close()  # every WebSocket gets 1001 going_away
         services = getattr(self, "services", None)
         if services is not None:
+            await services.settlement.stop()
             await services.engine.dispose()

@@ -72,6 +72,14 @@ class Reply:
     status: int
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TextReply:
+    """A 200 answer that is not JSON (the route's ``media_type``, e.g. Prometheus' text)."""
+
+    text: str
+    media_type: str
+
+
 async def health(call: Call) -> BaseModel | Reply:
     reachable = await call.services.health.database_reachable()
     body = models.HealthResponse(

@@ -24,7 +24,7 @@ from tornado.web import HTTPError, stream_request_body
 
 from ..db.idempotency_store import Answer
 from ..market.errors import QubixError
-from .endpoints import Call, Reply
+from .endpoints import Call, Reply, TextReply
 from .errors import (
     Forbidden,
     InvalidJSON,
@@ -32,6 +32,7 @@ from .errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
+    Unauthorized,
     ValidationFailed,
 )
 from .query import parse_query
@@ -186,6 +187,9 @@ class RouteHandler(QubixAPIHandler):
             self.set_header("Idempotent-Replayed", "true")
             self.finish(json.dumps(result.body))
             return
+        if isinstance(result, TextReply):
+            self.finish(result.text, set_content_type=result.media_type)
+            return
         status = 200
         if isinstance(result, Reply):
             status = result.status
@@ -204,7 +208,13 @@ class RouteHandler(QubixAPIHandler):
             await self.services.idempotency.release(*self._claimed)
             self._claimed = None
 
-    async def _call(self, params: dict[str, str]) -> BaseModel | Reply | Answer:
+    def on_finish(self) -> None:
+        path = next(iter(self.routes.values())).openapi_path
+        self.services.metrics.observe(
+            path, self.request.method or "", self.get_status(), self.request.request_time()
+        )
+
+    async def _call(self, params: dict[str, str]) -> BaseModel | Reply | TextReply | Answer:
         services = self.services
         route = self.routes.get(self.request.method or "")
         if route is None:
@@ -220,6 +230,15 @@ class RouteHandler(QubixAPIHandler):
         if route.auth == "public":
             services.rate_limiter.check(f"ip:{self.request.remote_ip}")
             scope = f"ip:{self.request.remote_ip}"
+        elif route.auth == "operator":
+            # Jupyter's IdentityProvider ran in prepare(): its token, or its login cookie.
+            if self.current_user is None:
+                raise Unauthorized(
+                    "this route takes the Jupyter server's own authentication "
+                    "(Authorization: token <Jupyter token>), not a market token"
+                )
+            services.rate_limiter.check(f"ip:{self.request.remote_ip}")
+            scope = "operator"
         elif route.auth == "worker":
             worker = await services.auth.authenticate_worker(authorization)
             services.rate_limiter.check(f"worker:{worker.token_id}")

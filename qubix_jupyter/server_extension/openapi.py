@@ -28,10 +28,12 @@ _BODY_ERRORS = {
 _ROUTE_ERRORS = {
     401: "No, unknown, expired or revoked bearer token (or, at connect, a bad signature or "
     "challenge)",
+    402: "Insufficient funds: your wallet holds less than the request needs",
     403: "Not yours",
     404: "No such record",
     409: "Conflict with the current state (e.g. a workerId registered by another user)",
     422: "A query parameter does not match the schema (the details name each one)",
+    503: "A dependency does not answer or is not configured (the chain, settlement)",
 }
 
 _ALT_STATUSES = {503: "Degraded: a dependency (the database) does not answer"}
@@ -70,6 +72,7 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "public": [],
     "user": [{"bearerAuth": []}],
     "worker": [{"workerAuth": []}],
+    "operator": [{"jupyterAuth": []}],
 }
 
 IDEMPOTENCY_PARAMETER: dict[str, Any] = {
@@ -93,7 +96,7 @@ def _operation(route: Route) -> dict[str, Any]:
             "200": {
                 "description": "OK",
                 "content": {
-                    "application/json": {
+                    route.media_type: {
                         "schema": {"$ref": REF.format(model=route.response.__name__)}
                     }
                 },
@@ -172,6 +175,14 @@ def openapi_document(routes: Iterable[Route], base_url: str = "/") -> dict[str, 
                     "scheme": "bearer",
                     "description": "the provider's worker token from POST "
                     "providers/quick-register (its workerToken)",
+                },
+                "jupyterAuth": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "the Jupyter server's own authentication, for the market's "
+                    "operator: `Authorization: token <Jupyter token>` (or Jupyter's login "
+                    "cookie); market tokens are refused",
                 },
             },
         },

@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from .endpoints import Call, Reply
+    from .endpoints import Call, Reply, TextReply
 
 API_PREFIX = "qubix/api/"
 
-Endpoint = Callable[["Call"], Awaitable["BaseModel | Reply"]]
+Endpoint = Callable[["Call"], Awaitable["BaseModel | Reply | TextReply"]]
 
 MARKET = frozenset({"market", "both"})
 EVERY_ROLE = frozenset({"market", "agent", "both"})
 
 #: Who may call a route: anyone; a signed-in user (bearer token from wallet connect); a
-#: provider's worker (the worker token quick-register issued for that provider).
-Auth = Literal["public", "user", "worker"]
+#: provider's worker (the worker token quick-register issued for that provider); the market's
+#: operator (Jupyter's own authentication: its token or login cookie, never a market token).
+Auth = Literal["public", "user", "worker", "operator"]
 
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>[^)]*\)")
 
@@ -52,6 +53,9 @@ class Route:
     errors: tuple[int, ...] = ()
     #: Statuses besides 200 whose body is still ``response`` (health's 503).
     alt_statuses: tuple[int, ...] = ()
+    #: The 200 answer's media type. Anything but JSON is text the endpoint returns as a
+    #: :class:`~.endpoints.TextReply` (``response`` is then a string model, for OpenAPI).
+    media_type: str = "application/json"
 
     @property
     def public(self) -> bool:

@@ -11,7 +11,9 @@ from collections.abc import Iterable
 from . import endpoints, models
 from . import jobs_endpoints as jobs
 from . import marketplace_endpoints as market
+from . import operator_endpoints as operator
 from . import scheduler_endpoints as scheduler
+from . import wallet_endpoints as wallet
 from .route import API_PREFIX, EVERY_ROLE, MARKET, Route
 
 __all__ = ["API_PREFIX", "EVERY_ROLE", "MARKET", "ROUTES", "Route", "by_path", "routes_for"]
@@ -87,7 +89,14 @@ CORE_ROUTES: tuple[Route, ...] = (
     ),
 )
 
-ROUTES: tuple[Route, ...] = (*CORE_ROUTES, *market.ROUTES, *jobs.ROUTES, *scheduler.ROUTES)
+ROUTES: tuple[Route, ...] = (
+    *CORE_ROUTES,
+    *market.ROUTES,
+    *jobs.ROUTES,
+    *wallet.ROUTES,
+    *operator.ROUTES,
+    *scheduler.ROUTES,
+)
 
 
 def routes_for(role: str, routes: Iterable[Route] = ROUTES) -> tuple[Route, ...]:

@@ -16,7 +16,9 @@ from ..db.models import Account, Job, Provider
 from ..market.states import AccountKind, JobStatus
 from .auth import AuthService, RateLimiter
 from .events import EventHub
+from .metrics import MarketMetrics
 from .scheduler_directory import SchedulerDirectory
+from .settlement import SettlementService
 
 if TYPE_CHECKING:  # jobs builds on the endpoints, which import this module
     from .jobs import JobService
@@ -88,6 +90,10 @@ class Services:
     events: EventHub
     #: Jobs: create, assign, progress, complete, cancel (and the background assigner).
     jobs: JobService
+    #: Deposits and withdrawals through the configured settlement backend.
+    settlement: SettlementService
+    #: The Prometheus registry of this extension (``GET metrics``).
+    metrics: MarketMetrics
     max_body_bytes: int
     allowed_origins: tuple[str, ...]
     #: Where providers' workers reach the scheduler (``GET scheduler``); set once it listens.

@@ -10,6 +10,12 @@ from qubix_jupyter.server_extension.routes import API_PREFIX, ROUTES
 from .conftest import Api, body_of
 
 PARAM = re.compile(r"\{(\w+)\}")
+SECURITY = {
+    "public": [],
+    "user": [{"bearerAuth": []}],
+    "worker": [{"workerAuth": []}],
+    "operator": [{"jupyterAuth": []}],
+}
 
 
 def _registered(web_app, base_url: str) -> set[tuple[str, str]]:
@@ -53,9 +59,8 @@ async def test_every_operation_is_complete(api: Api):
             if "x-websocket" in op:
                 continue
             route = by_route[(method, path)]
-            expected = {"public": [], "worker": [{"workerAuth": []}]}.get(route.auth)
-            assert op["security"] == (expected if expected is not None else [{"bearerAuth": []}])
-            ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            assert op["security"] == SECURITY[route.auth]
+            ref = op["responses"]["200"]["content"][route.media_type]["schema"]["$ref"]
             assert ref.rsplit("/", 1)[1] in schemas
             if route.body is not None:
                 body_ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
