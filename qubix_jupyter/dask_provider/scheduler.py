@@ -92,6 +92,8 @@ class SchedulerGuard:
                 wrapped = self._guard_client(handler)
             elif op == "register-worker":
                 wrapped = self._guard_worker(handler)
+            elif op == "log_event":
+                wrapped = self._guard_log_event(handler)
             elif op in allowed:
                 continue
             else:
@@ -118,6 +120,19 @@ class SchedulerGuard:
 
         guarded.__signature__ = _signature_with_comm(handler)  # type: ignore[attr-defined]
         guarded.__name__ = getattr(handler, "__name__", op)
+        return guarded
+
+    def _guard_log_event(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Nannies log events here; job progress counts only from an admitted worker's stream."""
+
+        def guarded(comm: Comm, **msg: Any) -> Any:
+            topics = msg.get("topic")
+            topics = [topics] if isinstance(topics, str) else list(topics or ())
+            if PROGRESS_TOPIC in topics and not self._trusted(comm):
+                return self._deny("log_event", comm)
+            return handler(**msg)
+
+        guarded.__signature__ = _signature_with_comm(handler)  # type: ignore[attr-defined]
         return guarded
 
     def _guard_client(self, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -204,9 +219,12 @@ class MarketSchedulerPlugin(SchedulerPlugin):
     def log_event(self, topic: str, msg: Any) -> None:
         if topic != PROGRESS_TOPIC or not isinstance(msg, dict):
             return
+        # The scheduler stamps a worker's own events with its address; anything else is not
+        # an admitted worker's word.
+        name = self._names.get(str(msg.get("worker")))
         job, fraction = msg.get("jobId"), msg.get("fraction")
-        if isinstance(job, str) and isinstance(fraction, int | float):
-            self._call(self._callbacks.job_progress, job, float(fraction), str(msg.get("worker")))
+        if name is not None and isinstance(job, str) and isinstance(fraction, int | float):
+            self._call(self._callbacks.job_progress, job, float(fraction), name)
 
 
 # ---------------------------------------------------------------------------- start / connect

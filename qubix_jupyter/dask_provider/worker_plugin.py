@@ -204,7 +204,7 @@ class QubixWorkerPlugin(WorkerPlugin):
         worker = self._worker
         if worker is None:
             return
-        message = {"jobId": job_id, "fraction": fraction, "worker": str(worker.name)}
+        message = {"jobId": job_id, "fraction": fraction}  # the scheduler adds the worker
         worker.loop.add_callback(worker.log_event, PROGRESS_TOPIC, message)
 
     # ---------------------------------------------------------------- heartbeat

@@ -17,7 +17,11 @@ from qubix_jupyter.dask_provider.dispatch import DispatchCallbacks, Dispatcher
 from qubix_jupyter.dask_provider.errors import JobExecutionError
 from qubix_jupyter.dask_provider.kinds import python_payload
 from qubix_jupyter.dask_provider.runners import JobLimits, JobResult
-from qubix_jupyter.dask_provider.scheduler import SchedulerCallbacks, start_scheduler
+from qubix_jupyter.dask_provider.scheduler import (
+    PROGRESS_TOPIC,
+    SchedulerCallbacks,
+    start_scheduler,
+)
 
 from .workers import start_worker, stop
 
@@ -29,6 +33,7 @@ class Heard:
         self.online: list[str] = []
         self.offline: list[str] = []
         self.progress: list[tuple[str, float]] = []
+        self.progress_from: dict[str, str] = {}  # job → the worker name that reported it
         self.changed = asyncio.Event()
         self.offline_listeners: list = []  # type: ignore[type-arg]
 
@@ -45,6 +50,7 @@ class Heard:
 
         def progress(job: str, fraction: float, worker: str) -> None:
             self.progress.append((job, fraction))
+            self.progress_from[job] = worker
             self.changed.set()
 
         return SchedulerCallbacks(online, offline, job_progress=progress)
@@ -76,6 +82,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
         assert [op for op, _ in market.guard.refused] == ["register-worker"]
         assert heard.online == ["w-good"]
 
+        good_address = next(iter(market.scheduler.workers))  # type: ignore[union-attr]
         # A foreign client: refused at connect, and its raw calls are refused too.
         with pytest.raises(Exception, match="only the market"):
             await Client(address, asynchronous=True, timeout=20)
@@ -84,6 +91,11 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
                 await scheduler.run_function(function=pickle.dumps(print))
             with pytest.raises(PermissionError, match="reserved to the market"):
                 await scheduler.register_worker_plugin(plugin=b"", name="x", idempotent=False)
+            with pytest.raises(PermissionError, match="reserved to the market"):
+                await scheduler.log_event(
+                    topic=PROGRESS_TOPIC,
+                    msg={"jobId": "job-1", "fraction": 1.0, "worker": good_address},
+                )
 
         # The market's own client runs a job on that worker, with progress relayed.
         results: dict[str, JobResult] = {}
@@ -119,6 +131,8 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
             await done.wait()
         assert pickle.loads(results["job-1"].data) == 42
         await heard.until(lambda: ("job-1", 0.5) in heard.progress)
+        assert heard.progress_from["job-1"] == "w-good"
+        assert ("job-1", 1.0) not in heard.progress  # the forged event above was not heard
 
         # A failing job comes back typed, the worker lives on.
         done.clear()
