@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime as dt
 import logging
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,7 +101,7 @@ class MetricsSampler:
             "ramPercent": float(memory.percent),
             "ramUsedGb": round((memory.total - memory.available) / 2**30, 2),
             "ramTotalGb": round(memory.total / 2**30, 2),
-            "timestamp": int(time.time() * 1000),
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         }
         if self._handle is not None:
             usage.update(self._gpu())
@@ -226,8 +226,6 @@ class QubixWorkerPlugin(WorkerPlugin):
         body: dict[str, Any] = {"usage": usage, "status": status}
         if self.current_job is not None:
             body["currentJob"] = self.current_job
-        if self.guard.reason is not None:
-            body["reason"] = self.guard.reason
         self.last_heartbeat = body
         if self.sink is not None:
             await self.sink(body)
