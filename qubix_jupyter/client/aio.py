@@ -90,6 +90,15 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
 def new_idempotency_key() -> str:
     return str(uuid.uuid4())
 
@@ -170,6 +179,8 @@ class AsyncMarketClient:
         ``auth``: ``"user"`` (the bearer token), ``"worker"`` (the worker token) or None.
         """
         resigned = False
+        in_progress = self.backoff.delays()
+        waits = 0
         while True:
             headers = self._headers(auth, idempotency_key)
             response = await self._send(method, path, json, params, headers, idempotency_key)
@@ -182,6 +193,17 @@ class AsyncMarketClient:
             ):
                 resigned = True
                 await self.sign_in()
+                continue
+            if (
+                response.status_code == 409
+                and idempotency_key is not None
+                and waits < self.retries
+                and _error_code(response) == "request_in_progress"
+            ):
+                # an earlier try of this very call is still running at the market: its answer
+                # will be replayed to us once it is done
+                waits += 1
+                await asyncio.sleep(next(in_progress))
                 continue
             return self._answer(response)
 
@@ -474,6 +496,7 @@ class AsyncMarketClient:
         result: Any = None,
         error: str | None = None,
         metrics: Mapping[str, float] | None = None,
+        idempotency_key: str | None = None,
     ) -> Payment:
         """Worker call: the job ended (``error`` None: completed); answers how it was paid."""
         body = _drop_none(
@@ -488,7 +511,11 @@ class AsyncMarketClient:
             }
         )
         answer = await self.request(
-            "POST", f"jobs/{_segment(job_id)}/complete", json=body, auth="worker"
+            "POST",
+            f"jobs/{_segment(job_id)}/complete",
+            json=body,
+            auth="worker",
+            idempotency_key=idempotency_key or new_idempotency_key(),
         )
         return Payment.from_json(answer["payment"])
 
