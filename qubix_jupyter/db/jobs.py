@@ -22,6 +22,14 @@ from .models import Account, IdempotencyKey, Job, Provider, Transaction
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
 CANDIDATES = 200
+#: A provider with a job in one of these states is busy, whatever its flags say: heartbeats
+#: rewrite ``is_available``/``current_job_id`` as the worker sees them, the jobs table is the
+#: market's own record.
+_ACTIVE = (JobStatus.ASSIGNED, JobStatus.RUNNING)
+
+
+def _has_active_job() -> Any:
+    return select(Job.id).where(Job.provider_id == Provider.id, Job.status.in_(_ACTIVE)).exists()
 
 
 async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
@@ -96,6 +104,7 @@ async def candidates(session: AsyncSession, constraints: JobConstraints) -> Sequ
             Provider.is_available.is_(True),
             Provider.current_job_id.is_(None),
             Provider.price_per_hour <= constraints.max_price,
+            ~_has_active_job(),
         )
         .order_by(Provider.price_per_hour, Provider.id)
         .limit(CANDIDATES)
@@ -107,9 +116,38 @@ async def candidates(session: AsyncSession, constraints: JobConstraints) -> Sequ
     return (await session.scalars(statement)).all()
 
 
-async def lock_provider(session: AsyncSession, provider_id: str) -> Provider | None:
-    """The provider row, locked and read fresh: what another assignment committed shows here."""
-    return await session.get(Provider, provider_id, with_for_update=True, populate_existing=True)
+async def lock_free_provider(session: AsyncSession, provider_id: str) -> Provider | None:
+    """The provider row, locked and read fresh, if it has no job now; else None.
+
+    Every assignment takes this lock before it looks, so two never give one provider a job.
+    """
+    provider = await session.get(
+        Provider, provider_id, with_for_update=True, populate_existing=True
+    )
+    if provider is None or provider.current_job_id is not None:
+        return None
+    busy = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.provider_id == provider_id, Job.status.in_(_ACTIVE))
+    )
+    return None if busy else provider
+
+
+async def any_free_provider(session: AsyncSession) -> bool:
+    """Whether any listed provider is online, available and without a job now."""
+    found = await session.scalar(
+        select(Provider.id)
+        .where(
+            Provider.is_listed.is_(True),
+            Provider.is_online.is_(True),
+            Provider.is_available.is_(True),
+            Provider.current_job_id.is_(None),
+            ~_has_active_job(),
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 async def pending_jobs(session: AsyncSession, *, limit: int) -> Sequence[tuple[Job, int]]:

@@ -216,13 +216,12 @@ class JobService:
             )
             if isinstance(decision, Assign):
                 for offer in rank(constraints, offers):
-                    fresh = await db.lock_provider(session, offer.id)
-                    free = fresh is not None and fresh.current_job_id is None
-                    if free and constraints.accepts(fresh):  # type: ignore[arg-type]
+                    fresh = await db.lock_free_provider(session, offer.id)
+                    if fresh is not None and constraints.accepts(fresh):
                         taken = fresh
                         break
                 if taken is None:  # every candidate was taken meanwhile: try again next sweep
-                    return Wait(now + self.assign_timeout)
+                    return Wait(db.utc(job.created_at) + self.assign_timeout)
                 check_transition(job.status, JobStatus.ASSIGNED)
                 job.status = JobStatus.ASSIGNED
                 job.provider_id = taken.id
@@ -268,11 +267,18 @@ class JobService:
 
     async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
         """One pass of the assigner over the PENDING jobs, oldest first."""
+        now = now or self._clock()
         async with self._sessionmaker() as session:
-            pending = [job.id for job, _held in await db.pending_jobs(session, limit=SWEEP_BATCH)]
+            pending = await db.pending_jobs(session, limit=SWEEP_BATCH)
+            anyone_free = await db.any_free_provider(session)
+        # With every provider busy only a job past its deadline has anything to decide: skip
+        # the others rather than run a transaction each, every second.
+        due = now - self.assign_timeout
         decisions = []
-        for job_id in pending:
-            decision = await self.assign(job_id, now=now)
+        for job, _held in pending:
+            if not anyone_free and db.utc(job.created_at) > due:
+                continue
+            decision = await self.assign(job.id, now=now)
             if decision is not None:
                 decisions.append(decision)
         return decisions
@@ -442,7 +448,8 @@ class JobService:
         self._publish_job(kind, job, None if owner is None else owner[1])
         if freed is not None:
             self._publish_offer(freed)
-            self._wake.set()  # a freed provider may take a waiting job now
+        if job.provider_id is not None:
+            self._wake.set()  # its provider may take a waiting job now
         self._run_hooks(self.on_finished, job)
 
     # ------------------------------------------------------------------ events and hooks

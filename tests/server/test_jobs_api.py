@@ -719,3 +719,19 @@ async def test_concurrent_creates_never_share_a_provider(market: Market):
     # One escrow at the provider's 40 QU/h, four at the max price of 100 QU/h.
     assert await market.balance(market.alice_id) == 1000 - 40 - 4 * 100
     await market.audit_ok()
+
+
+async def test_a_provider_with_a_job_is_busy_whatever_its_flags_say(market: Market):
+    first = body_of(await market.create())["job"]
+    assert first["status"] == "ASSIGNED"
+    # A heartbeat rewrites the flags as the worker sees them; the job is still the market's.
+    market.set_provider("bob-1", is_available=True, current_job_id=None)
+    second = body_of(await market.create())["job"]
+    assert second["status"] == "PENDING"
+    await market.services.jobs.sweep()
+    assert (await market.job_row(second["id"])).status.value == "PENDING"
+    done = await market.worker("POST", f"jobs/{first['id']}/complete", COMPLETE)
+    assert done.code == 200
+    await market.services.jobs.sweep()
+    assert (await market.job_row(second["id"])).status.value == "ASSIGNED"
+    await market.audit_ok()
