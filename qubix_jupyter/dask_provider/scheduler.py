@@ -65,6 +65,44 @@ def is_inproc(comm: Comm) -> bool:
     return str(comm.peer_address).startswith("inproc://")
 
 
+def trust_certificate(common_name: str) -> Callable[[Comm], bool]:
+    """For a scheduler outside the market process (TLS only): the market's client is the one
+    whose verified client certificate has this subject common name; workers get other names."""
+
+    def trusted(comm: Comm) -> bool:
+        if is_inproc(comm):
+            return True
+        certificate = comm.extra_info.get("peercert") or {}
+        subject = dict(pair for rdn in certificate.get("subject", ()) for pair in rdn)
+        return bool(subject.get("commonName") == common_name)
+
+    return trusted
+
+
+def market_validator(market_url: str, *, timeout_s: float = 10.0) -> WorkerValidator:
+    """For a scheduler outside the market process: ask the market, through ``GET scheduler``
+    with the worker's token, which ``workerId`` the token stands for."""
+    import httpx
+
+    url = f"{market_url.rstrip('/')}/qubix/api/scheduler"
+
+    async def valid(name: str, token: str) -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=timeout_s) as client:
+                answer = await client.get(url, headers={"Authorization": f"Bearer {token}"})
+        except (httpx.HTTPError, OSError):
+            log.warning("QUBIX scheduler: the market at %s did not answer; refusing %r", url, name)
+            return False
+        if answer.status_code != 200:
+            return False
+        try:
+            return bool(answer.json().get("workerId") == name)
+        except ValueError:
+            return False
+
+    return valid
+
+
 def _signature_with_comm(handler: Callable[..., Any]) -> inspect.Signature:
     original = inspect.signature(handler)
     params = [p for name, p in original.parameters.items() if name != "comm"]
@@ -291,6 +329,23 @@ async def start_scheduler(
         scheduler=scheduler,
         guard=guard,
     )
+
+
+def dask_setup(scheduler: Scheduler) -> None:
+    """``dask scheduler --preload qubix_jupyter.dask_provider.scheduler`` for an operator's own
+    scheduler: guarded as the embedded one, with the market's client recognised by its TLS
+    certificate (``QUBIX_MARKET_CERT_CN``) and workers checked with the market
+    (``QUBIX_MARKET_URL``). Set ``DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=15s`` too."""
+    import os
+
+    market = os.environ.get("QUBIX_MARKET_URL", "")
+    common_name = os.environ.get("QUBIX_MARKET_CERT_CN", "")
+    if not market or not common_name:
+        raise RuntimeError(
+            "the qubix scheduler preload needs QUBIX_MARKET_URL and QUBIX_MARKET_CERT_CN "
+            "(the subject common name of the market's TLS client certificate)"
+        )
+    SchedulerGuard(scheduler, market_validator(market), is_trusted=trust_certificate(common_name))
 
 
 async def connect_scheduler(

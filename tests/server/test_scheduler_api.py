@@ -136,3 +136,18 @@ async def test_provide_registers_and_joins_the_scheduler(
     finally:
         await asyncio.to_thread(launcher.stop, 5)
         await market.close()
+
+
+async def test_an_external_scheduler_checks_workers_with_the_market(
+    api: Api, jp_serverapp, jp_http_port: int, jp_base_url: str
+):
+    from qubix_jupyter.dask_provider.scheduler import market_validator
+
+    jp_serverapp.web_app.settings[SERVICES].scheduler.address = "tls://sched.example:8786"
+    valid = market_validator(f"http://127.0.0.1:{jp_http_port}{jp_base_url}")
+    token = await register(api, "w-remote")
+    assert await valid("w-remote", token) is True
+    assert await valid("w-other", token) is False
+    assert await valid("w-remote", "qxw_forged") is False
+    down = market_validator("http://127.0.0.1:9", timeout_s=2)  # nothing listens there
+    assert await down("w-remote", token) is False
