@@ -1,1 +1,3 @@
-"""The provider side: GPU detection, and (soon) the worker plugin, launcher and job runners."""
+"""The provider side and the market's Dask: GPU detection (``gpu``), job runners and kinds
+(``runners``, ``kinds``), the guarded scheduler and its plugin (``scheduler``), the worker plugin
+(``worker_plugin``), job dispatch (``dispatch``) and the provider launcher (``launcher``)."""

@@ -234,7 +234,7 @@ class ProviderLauncher:
         return command
 
     def worker_env(self, device: SharedDevice) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k != "QUBIX_GPU_INDEX"}
         env.update(
             {
                 # The token travels in the environment, never on a command line others can read.

@@ -1,0 +1,57 @@
+"""The launcher's own decisions: stable workerIds, and the worker command and environment."""
+
+from __future__ import annotations
+
+from qubix_jupyter.dask_provider.gpu import GPUInfo
+from qubix_jupyter.dask_provider.launcher import (
+    PRELOAD,
+    ProvideConfig,
+    ProviderLauncher,
+    SharedDevice,
+    worker_id_for,
+)
+
+GPU = GPUInfo(index=1, model="RTX 4090", vram_mb=24564, uuid="GPU-1234")
+
+
+def test_worker_ids_are_stable_and_distinct() -> None:
+    assert worker_id_for("machine-a", GPU) == worker_id_for("machine-a", GPU)
+    assert worker_id_for("machine-a", GPU) != worker_id_for("machine-b", GPU)
+    assert worker_id_for("machine-a", None) != worker_id_for("machine-a", GPU)
+    other = GPUInfo(index=0, model="RTX 4090", vram_mb=24564, uuid="GPU-5678")
+    assert worker_id_for("machine-a", other) != worker_id_for("machine-a", GPU)
+    assert worker_id_for("machine-a", GPU).endswith("-gpu1")
+    assert "/" not in worker_id_for("m", None)
+
+
+def _launcher() -> ProviderLauncher:
+    launcher = ProviderLauncher(
+        ProvideConfig(market_url="http://m.example/", seed="a" * 55, price_per_hour=9)
+    )
+    launcher.scheduler_address = "tls://sched.example:8786"
+    return launcher
+
+
+def test_a_gpu_worker_has_one_gpu_slot_its_device_and_its_token_in_the_environment() -> None:
+    launcher = _launcher()
+    device = SharedDevice("qx-1-gpu1", GPU, "qxw_secret")
+    command = launcher.worker_command(device)
+    assert "tls://sched.example:8786" in command
+    assert command[command.index("--name") + 1] == "qx-1-gpu1"
+    assert command[command.index("--resources") + 1] == "GPU=1"
+    assert command[command.index("--preload") + 1] == PRELOAD
+    assert "qxw_secret" not in " ".join(command)  # never on a command line
+    env = launcher.worker_env(device)
+    assert env["QUBIX_WORKER_TOKEN"] == "qxw_secret"
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
+    assert env["QUBIX_GPU_INDEX"] == "1"
+    assert env["QUBIX_MARKET_URL"] == "http://m.example/"
+
+
+def test_a_cpu_worker_has_no_gpu_slot() -> None:
+    launcher = _launcher()
+    device = SharedDevice("qx-cpu", None, "qxw_cpu")
+    command = launcher.worker_command(device)
+    assert "--resources" not in command
+    assert "distributed.cli.dask_worker" in command
+    assert "QUBIX_GPU_INDEX" not in launcher.worker_env(device)
