@@ -172,26 +172,6 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
-    assign_timeout_seconds = Float(
-        30.0,
-        config=True,
-        help="""Seconds a new job may wait for an online, available provider that meets its
-        constraints; after that it fails as "unassignable" and its escrow is refunded whole.
-        The assigner retries waiting jobs about once a second, and at once when a provider
-        becomes free. Must be > 0. Example: c.QubixExtension.assign_timeout_seconds = 60
-        """,
-    )
-
-    max_result_bytes = Int(
-        1024 * 1024,
-        config=True,
-        help="""Largest job result the market keeps, in bytes of compact JSON (default 1 MiB).
-        A worker that reports a larger one is answered 413 payload_too_large; the job fails,
-        is charged the time it used, and the rest of its escrow is refunded. Must be > 0.
-        Example: c.QubixExtension.max_result_bytes = 16777216
-        """,
-    )
-
     settlement_backend = CaselessStrEnum(
         ["memory", "qubic"],
         default_value="memory",
@@ -253,6 +233,15 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    max_reassignments = Int(
+        2,
+        config=True,
+        help="""Times a job moves to another provider when its provider is lost (worker gone,
+        hardware fault) before it fails with a full refund. 0 never reassigns.
+        Example: c.QubixExtension.max_reassignments = 3
+        """,
+    )
+
     max_result_bytes = Int(
         1024 * 1024,
         config=True,
@@ -300,6 +289,13 @@ class QubixExtension(ExtensionApp):
         value = proposal["value"]
         if value < 0:
             raise TraitError(f"settlement_interval must be >= 0 (0: no rounds), not {value}")
+        return value  # type: ignore[no-any-return]
+
+    @validate("max_reassignments")
+    def _reassignments(self, proposal: dict) -> int:  # type: ignore[type-arg]
+        value = proposal["value"]
+        if value < 0:
+            raise TraitError(f"max_reassignments must be >= 0, not {value}")
         return value  # type: ignore[no-any-return]
 
     @validate("rate_limit_per_minute")
@@ -376,6 +372,7 @@ class QubixExtension(ExtensionApp):
             self.events,
             assign_timeout_seconds=self.assign_timeout_seconds,
             max_result_bytes=self.max_result_bytes,
+            max_reassignments=self.max_reassignments,
         )
         services = Services(
             role=self.role,

@@ -92,6 +92,7 @@ class JobService:
         *,
         assign_timeout_seconds: float = 30.0,
         max_result_bytes: int = 1024 * 1024,
+        max_reassignments: int = 2,
         sweep_interval_seconds: float = 1.0,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
@@ -100,6 +101,7 @@ class JobService:
         self._events = events
         self.assign_timeout = dt.timedelta(seconds=assign_timeout_seconds)
         self.max_result_bytes = max_result_bytes
+        self.max_reassignments = max_reassignments
         self.sweep_interval = sweep_interval_seconds
         self._clock = clock
         #: Called with the job once it is ASSIGNED (committed): the dispatcher submits it.
@@ -251,6 +253,82 @@ class JobService:
         self._publish_offer(taken)
         self._run_hooks(self.on_assigned, job)
         return Assign(taken)
+
+    async def provider_lost(self, job_id: str, *, reason: str = "provider_lost") -> Decision | None:
+        """The job's provider went away (worker lost, hardware fault) before it finished.
+
+        The job moves to another matching provider (ASSIGNED again, at that provider's price,
+        its escrow topped up or partly released to match) up to ``max_reassignments`` times;
+        past that, or with no provider to take it, or a wallet that cannot pay the top-up, it
+        fails with ``reason`` and a full refund: a provider's fault costs the consumer nothing.
+        Returns the decision, or None when the job was not ASSIGNED or RUNNING any more.
+        """
+        async with self._assigning:
+            now = self._clock()
+            taken: Provider | None = None
+            async with self._sessionmaker() as session, session.begin():
+                job = await db.get_job(session, job_id, lock=True)
+                if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+                    return None
+                lost = job.provider_id
+                held = await db.escrow_held(session, job_id, lock=True)
+                constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
+                if job.reassignments < self.max_reassignments:
+                    offers = [o for o in await db.candidates(session, constraints) if o.id != lost]
+                    for offer in rank(constraints, offers):
+                        fresh = await db.lock_free_provider(session, offer.id)
+                        if fresh is not None and constraints.accepts(fresh):
+                            taken = fresh
+                            break
+                if taken is not None:
+                    check_transition(job.status, JobStatus.ASSIGNED)
+                    await db.free_provider(session, job_id)
+                    job.status = JobStatus.ASSIGNED
+                    job.provider_id = taken.id
+                    job.price_per_hour = taken.price_per_hour
+                    job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
+                    job.assigned_at = now
+                    job.started_at = None
+                    job.reassignments += 1
+                    taken.is_available = False
+                    taken.current_job_id = job.id
+                    taken.last_assigned_at = now
+                    step = job.reassignments
+            if taken is None:
+                await self._fail(job, reason, key=f"job:{job_id}:lost:{job.reassignments}")
+                return Fail(reason)
+            difference = job.estimated_cost - held
+            try:
+                if difference > 0:
+                    await self._ledger.lock_escrow(
+                        job_id, difference, idempotency_key=f"job:{job_id}:assign:{step}:top-up"
+                    )
+                elif difference < 0:
+                    await self._ledger.release_escrow(
+                        job_id, -difference, idempotency_key=f"job:{job_id}:assign:{step}:release"
+                    )
+            except InsufficientFunds:
+                await self._fail(job, reason, key=f"job:{job_id}:lost:{step}")
+                return Fail(reason)
+            except InvalidState:
+                return None  # cancelled meanwhile: its settlement gave the escrow back
+            if difference:
+                await self._balance_changed(job.user_id, -difference, "escrow_reassign", job_id)
+        self._publish_job(EventType.JOB_REASSIGNED, job, taken.worker_id)
+        self._publish_offer(taken)
+        self._run_hooks(self.on_assigned, job)
+        return Assign(taken)
+
+    async def _fail(self, job: Job, error: str, *, key: str) -> None:
+        """End an open job FAILED with its whole escrow refunded (nobody's time is charged)."""
+        check_transition(job.status, JobStatus.FAILED)
+        try:
+            receipt = await self._ledger.refund(
+                job.id, idempotency_key=key, final_status=JobStatus.FAILED, error=error
+            )
+        except InvalidState:
+            return  # settled meanwhile
+        await self._settled(job.id, receipt, None)
 
     async def _fail_unassignable(self, job: Job) -> None:
         check_transition(job.status, JobStatus.FAILED)

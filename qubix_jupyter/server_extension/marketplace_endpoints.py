@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db import marketplace as db
 from ..db.auth_store import add_worker_token
 from ..db.models import Provider, utcnow
+from ..market.liveness import status_of
 from ..market.marketplace import InvalidMarketplaceQuery, MarketplaceQuery, UnknownProvider
 from ..market.states import ProviderType
 from . import marketplace_models as m
+from . import provider_events
 from .endpoints import Call, _utc
 from .errors import Forbidden, ValidationFailed
 from .route import Route
@@ -161,7 +163,12 @@ async def quick_register(call: Call) -> BaseModel:
         worker_token, hashed = call.services.auth.new_worker_token()
         await add_worker_token(session, provider.id, hashed, now=utcnow())
         out = provider_out(provider)
+        offer = offer_out(provider).model_dump(mode="json")
     call.services.auth.forget_worker(provider.id)
+    if created:
+        provider_events.registered(call.services.events, offer)
+    else:  # registered again: its hardware facts changed, and it is listed again
+        provider_events.offers_changed(call.services.events, [offer])
     return m.QuickRegisterResponse(
         success=True, provider=out, created=created, workerToken=worker_token
     )
@@ -184,6 +191,7 @@ async def update_provider(call: Call) -> BaseModel:
     body: m.UpdateProviderRequest = call.body
     async with call.services.sessionmaker() as session, session.begin():
         found = await _by_worker(session, call.params["workerId"])
+        was = status_of(found.is_online, found.is_available)
         provider = await db.update_provider(
             session,
             found.id,
@@ -194,6 +202,12 @@ async def update_provider(call: Call) -> BaseModel:
             is_available=body.isAvailable,
         )
         out = provider_out(provider)
+        offer = offer_out(provider).model_dump(mode="json")
+    events = call.services.events
+    if status_of(provider.is_online, provider.is_available) is not was:
+        provider_events.status_changed(events, [(offer, was, provider.is_listed)])
+    elif provider.is_listed:
+        provider_events.offers_changed(events, [offer])
     return m.ProviderResponse(success=True, provider=out)
 
 
@@ -202,6 +216,7 @@ async def unlist_provider(call: Call) -> BaseModel:
         found = await _by_worker(session, call.params["workerId"])
         provider = await db.unlist_provider(session, found.id, call.caller.user.id)
         out = provider_out(provider)
+    provider_events.unlisted(call.services.events, provider.worker_id)
     return m.ProviderResponse(success=True, provider=out)
 
 

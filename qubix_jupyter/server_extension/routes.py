@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from . import endpoints, models
 from . import jobs_endpoints as jobs
+from . import liveness_endpoints as liveness
 from . import marketplace_endpoints as market
 from . import operator_endpoints as operator
 from . import scheduler_endpoints as scheduler
@@ -93,6 +94,7 @@ ROUTES: tuple[Route, ...] = (
     *CORE_ROUTES,
     *market.ROUTES,
     *jobs.ROUTES,
+    *liveness.ROUTES,
     *wallet.ROUTES,
     *operator.ROUTES,
     *scheduler.ROUTES,

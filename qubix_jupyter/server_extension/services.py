@@ -20,8 +20,9 @@ from .metrics import MarketMetrics
 from .scheduler_directory import SchedulerDirectory
 from .settlement import SettlementService
 
-if TYPE_CHECKING:  # jobs builds on the endpoints, which import this module
+if TYPE_CHECKING:  # liveness and jobs build on the endpoints, which import this module
     from .jobs import JobService
+    from .liveness import HeartbeatBuffer
 
 Role = Literal["market", "agent", "both"]
 
@@ -94,6 +95,8 @@ class Services:
     settlement: SettlementService
     #: The Prometheus registry of this extension (``GET metrics``).
     metrics: MarketMetrics
+    #: Provider heartbeats: buffered, flushed in batches, silent providers taken offline.
+    liveness: HeartbeatBuffer
     max_body_bytes: int
     allowed_origins: tuple[str, ...]
     #: Where providers' workers reach the scheduler (``GET scheduler``); set once it listens.

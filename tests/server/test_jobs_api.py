@@ -18,6 +18,7 @@ from tornado.websocket import WebSocketClientConnection
 
 from qubix_jupyter.db.ledger import audit
 from qubix_jupyter.db.models import Job, Transaction
+from qubix_jupyter.market.matching import Assign, Fail
 from qubix_jupyter.server_extension.handlers import SERVICES
 from qubix_jupyter.server_extension.services import Services
 from qubix_jupyter.settlement.keys import KeyPair
@@ -734,4 +735,46 @@ async def test_a_provider_with_a_job_is_busy_whatever_its_flags_say(market: Mark
     assert done.code == 200
     await market.services.jobs.sweep()
     assert (await market.job_row(second["id"])).status.value == "ASSIGNED"
+    await market.audit_ok()
+
+
+async def test_a_lost_provider_moves_the_job_then_fails_it_refunded(market: Market):
+    jobs = market.services.jobs
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    await market.register("bob-2", price=50)
+    assert await market.balance(market.alice_id) == 960
+    progress = {"workerId": "bob-1", "progress": 40, "timestamp": "2026-01-01T00:00:00Z"}
+    await market.worker("POST", f"jobs/{job_id}/progress", progress)
+
+    moved = await jobs.provider_lost(job_id)
+    assert isinstance(moved, Assign)
+    row = await market.job_row(job_id)
+    assert row.status.value == "ASSIGNED"
+    assert row.price_per_hour == 50
+    assert row.reassignments == 1
+    assert row.progress == 40  # progress never goes back
+    assert row.started_at is None
+    assert await market.balance(market.alice_id) == 950  # escrow topped up to 50
+    # The old worker's reports are refused now.
+    late = await market.worker("POST", f"jobs/{job_id}/progress", progress)
+    assert late.code == 403
+    await market.audit_ok()
+
+    back = await jobs.provider_lost(job_id)  # bob-1 is free again, and cheaper
+    assert isinstance(back, Assign)
+    assert (await market.job_row(job_id)).price_per_hour == 40
+    assert await market.balance(market.alice_id) == 960
+    await market.audit_ok()
+
+    failed = await jobs.provider_lost(job_id)  # max_reassignments (2) used up
+    assert failed == Fail("provider_lost")
+    row = await market.job_row(job_id)
+    assert row.status.value == "FAILED"
+    assert row.error == "provider_lost"
+    assert await market.balance(market.alice_id) == 1000
+    assert await market.balance(market.bob_id) == 0
+    assert await jobs.provider_lost(job_id) is None
+    # Both providers are free for the next job.
+    assert body_of(await market.create())["job"]["status"] == "ASSIGNED"
+    assert body_of(await market.create())["job"]["status"] == "ASSIGNED"
     await market.audit_ok()

@@ -1,0 +1,187 @@
+"""Database side of provider liveness: batched heartbeat writes, the stale-provider sweep, the
+metrics history and its retention. Each function runs in the caller's session/transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Collection, Iterable, Sequence
+
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..market.states import JobStatus
+from .models import Job, Provider, ProviderMetric, new_id
+
+#: Ids per ``IN (…)`` list: well inside SQLite's and PostgreSQL's limits on bound parameters.
+_CHUNK = 500
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProviderFlags:
+    provider_id: str
+    worker_id: str
+    is_online: bool
+    is_available: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeartbeatWrite:
+    """One provider's row after its latest heartbeat."""
+
+    provider_id: str
+    last_heartbeat: dt.datetime
+    is_online: bool
+    is_available: bool
+    current_job_id: str | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MetricSample:
+    provider_id: str
+    timestamp: dt.datetime
+    cpu_percent: float
+    ram_percent: float
+    gpu_percent: float | None
+    gpu_temp: float | None
+    gpu_mem_used: float | None
+
+
+async def flags_of(session: AsyncSession, provider_ids: Sequence[str]) -> dict[str, ProviderFlags]:
+    """The current online/available flags of these providers (unknown ids are left out)."""
+    found: dict[str, ProviderFlags] = {}
+    for chunk in _chunks(provider_ids):
+        rows = await session.execute(
+            select(
+                Provider.id, Provider.worker_id, Provider.is_online, Provider.is_available
+            ).where(Provider.id.in_(chunk))
+        )
+        for row in rows:
+            found[row[0]] = ProviderFlags(*row)
+    return found
+
+
+async def write_heartbeats(session: AsyncSession, writes: Sequence[HeartbeatWrite]) -> None:
+    """One UPDATE statement executed for every row (``executemany``)."""
+    if not writes:
+        return
+    table = Provider.__table__
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(
+            last_heartbeat=bindparam("b_last_heartbeat"),
+            is_online=bindparam("b_is_online"),
+            is_available=bindparam("b_is_available"),
+            current_job_id=bindparam("b_current_job_id"),
+        )
+    )
+    await session.execute(
+        statement,
+        [
+            {
+                "b_id": w.provider_id,
+                "b_last_heartbeat": w.last_heartbeat,
+                "b_is_online": w.is_online,
+                "b_is_available": w.is_available,
+                "b_current_job_id": w.current_job_id,
+            }
+            for w in writes
+        ],
+        execution_options={"synchronize_session": False},
+    )
+
+
+async def add_samples(session: AsyncSession, samples: Sequence[MetricSample]) -> None:
+    if samples:
+        await session.execute(
+            ProviderMetric.__table__.insert(),
+            [{"id": new_id(), **dataclasses.asdict(s)} for s in samples],
+        )
+
+
+async def take_offline_stale(
+    session: AsyncSession, cutoff: dt.datetime, *, spare: Collection[str] = ()
+) -> list[str]:
+    """Mark offline every online provider whose last heartbeat is before ``cutoff`` (or never
+    came), except the ``spare`` ids (their fresh heartbeat is on its way to the database).
+    Returns the ids taken offline."""
+    stale = (
+        await session.scalars(
+            select(Provider.id).where(
+                Provider.is_online.is_(True),
+                (Provider.last_heartbeat.is_(None)) | (Provider.last_heartbeat < cutoff),
+            )
+        )
+    ).all()
+    taken = [provider_id for provider_id in stale if provider_id not in spare]
+    for chunk in _chunks(taken):
+        await session.execute(
+            update(Provider)
+            .where(Provider.id.in_(chunk))
+            .values(is_online=False)
+            .execution_options(synchronize_session=False)
+        )
+    return taken
+
+
+async def providers_by_id(session: AsyncSession, provider_ids: Sequence[str]) -> list[Provider]:
+    found: list[Provider] = []
+    for chunk in _chunks(provider_ids):
+        found += (await session.scalars(select(Provider).where(Provider.id.in_(chunk)))).all()
+    return found
+
+
+async def prune_samples(session: AsyncSession, before: dt.datetime) -> int:
+    """Delete the metrics history older than ``before``; how many rows went."""
+    result = await session.execute(
+        delete(ProviderMetric)
+        .where(ProviderMetric.timestamp < before)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def metrics_history(
+    session: AsyncSession,
+    provider_id: str,
+    *,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    limit: int,
+) -> list[ProviderMetric]:
+    """The newest ``limit`` samples within ``[since, until]``, oldest first."""
+    query = select(ProviderMetric).where(ProviderMetric.provider_id == provider_id)
+    if since is not None:
+        query = query.where(ProviderMetric.timestamp >= since)
+    if until is not None:
+        query = query.where(ProviderMetric.timestamp <= until)
+    rows = (
+        await session.scalars(
+            query.order_by(ProviderMetric.timestamp.desc(), ProviderMetric.id.desc()).limit(limit)
+        )
+    ).all()
+    return list(reversed(rows))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssignedJob:
+    id: str
+    model_type: str
+    compute_seconds: int
+    created_at: dt.datetime
+
+
+async def assigned_jobs(session: AsyncSession, provider_id: str) -> list[AssignedJob]:
+    """The provider's jobs waiting for it to start them, oldest first."""
+    rows = await session.execute(
+        select(Job.id, Job.model_type, Job.compute_seconds, Job.created_at)
+        .where(Job.provider_id == provider_id, Job.status == JobStatus.ASSIGNED)
+        .order_by(Job.created_at, Job.id)
+    )
+    return [AssignedJob(*row) for row in rows]
