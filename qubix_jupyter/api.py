@@ -70,7 +70,7 @@ def default_client() -> MarketClient:
 
 def encode_python_job(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The ``inputData`` of a ``python`` job (:mod:`qubix_jupyter.market.payloads`)."""
-    import cloudpickle
+    import cloudpickle  # type: ignore[import-untyped]
 
     return payloads.python_input(cloudpickle.dumps((fn, args, kwargs)))
 

@@ -178,6 +178,8 @@ class AsyncMarketClient:
 
         ``auth``: ``"user"`` (the bearer token), ``"worker"`` (the worker token) or None.
         """
+        if auth == "user" and not self.token and self.can_sign_in:
+            await self.sign_in()
         resigned = False
         in_progress = self.backoff.delays()
         waits = 0

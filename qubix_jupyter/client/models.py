@@ -66,7 +66,8 @@ class Record:
             key = field.metadata.get("json", camel(field.name))
             if key in data:
                 values[field.name] = _convert(hints[field.name], data[key])
-        return cls(raw=dict(data), **values)
+        build: Any = cls  # the dataclass's own __init__, which Record does not declare
+        return build(raw=dict(data), **values)  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import functools
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from .aio import AsyncMarketClient
@@ -56,7 +56,7 @@ class _LoopThread:
             raise TimeoutError(f"no answer in {timeout} s") from None
 
 
-def _blocking(method: Callable[..., Awaitable[R]]) -> Callable[..., R]:
+def _blocking(method: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., R]:
     @functools.wraps(method)
     def call(self: MarketClient, *args: Any, **kwargs: Any) -> R:
         return self._run(method(self.aio, *args, **kwargs))

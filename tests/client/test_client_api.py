@@ -283,3 +283,15 @@ def test_a_submitted_function_runs_where_the_worker_reads_it_and_its_result_come
     finally:
         provider.close()
         consumer.close()
+
+
+def test_a_client_with_the_wallet_signs_in_on_its_first_call(market: Market):
+    client = MarketClient(market.url, seed="p" * 55)
+    try:
+        assert client.token is None
+        me = client.me()
+        assert me.user is not None
+        assert me.user.qubic_address == identity("p" * 55)
+        assert client.token is not None
+    finally:
+        client.close()
