@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import os
 
 from jupyter_server.extension.application import ExtensionApp
@@ -33,11 +34,13 @@ from ..db.engine import make_engine, make_sessionmaker
 from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
 from ..db.settlement_store import SettlementStore
+from ..market.liveness import InvalidLivenessPolicy, LivenessPolicy
 from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .jobs import JobService
+from .liveness import HeartbeatBuffer
 from .metrics import MarketMetrics
 from .openapi import openapi_document
 from .routes import API_PREFIX, MARKET, ROUTES, by_path, routes_for
@@ -115,6 +118,35 @@ class QubixExtension(ExtensionApp):
         config=True,
         help="""Seconds between provider heartbeats; a provider is offline after 3 missed ones.
         Must be > 0. Example: c.QubixExtension.heartbeat_interval = 10.0
+        """,
+    )
+
+    heartbeat_flush_interval = Float(
+        1.0,
+        config=True,
+        help="""Seconds between writes of the buffered provider heartbeats: a heartbeat is kept
+        in memory and every this many seconds one transaction writes the latest of each
+        provider (their metrics samples too). Must be > 0; larger means fewer writes and a
+        staler lastHeartbeat. Example: c.QubixExtension.heartbeat_flush_interval = 2.0
+        """,
+    )
+
+    metrics_sample_seconds = Float(
+        10.0,
+        config=True,
+        help="""Seconds between two samples of a provider's metrics history (GET
+        providers/{workerId}/metrics): heartbeats in between update the live metrics only.
+        Must be > 0, and (3 + 1) × heartbeat_interval + metrics_sample_seconds +
+        heartbeat_flush_interval at most 60, so an online provider's metrics are never older
+        than 60 s. Example: c.QubixExtension.metrics_sample_seconds = 30.0
+        """,
+    )
+
+    metrics_retention_hours = Float(
+        24.0,
+        config=True,
+        help="""Hours the metrics history is kept; older samples are deleted about once a
+        minute. Must be > 0. Example: c.QubixExtension.metrics_retention_hours = 168
         """,
     )
 
@@ -271,6 +303,9 @@ class QubixExtension(ExtensionApp):
         return value  # type: ignore[no-any-return]
 
     @validate(
+        "heartbeat_flush_interval",
+        "metrics_sample_seconds",
+        "metrics_retention_hours",
         "heartbeat_interval",
         "max_body_bytes",
         "assign_timeout_seconds",
@@ -361,6 +396,21 @@ class QubixExtension(ExtensionApp):
         self.routes = routes_for(self.role, ROUTES)
         self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
         try:
+            policy = LivenessPolicy(
+                heartbeat_interval=self.heartbeat_interval,
+                metrics_sample_seconds=self.metrics_sample_seconds,
+                flush_interval=self.heartbeat_flush_interval,
+            )
+        except InvalidLivenessPolicy as exc:
+            self.log.error("QUBIX market not started: %s", exc)
+            raise
+        heartbeats = HeartbeatBuffer(
+            sessionmaker,
+            self.events,
+            policy,
+            retention=dt.timedelta(hours=self.metrics_retention_hours),
+        )
+        try:
             backend = self._settlement_backend(ledger, sessionmaker)
         except Exception as exc:
             self.log.error("QUBIX market not started: %s", getattr(exc, "message", exc))
@@ -392,6 +442,7 @@ class QubixExtension(ExtensionApp):
             jobs=jobs,
             settlement=settlement,
             metrics=MarketMetrics(sessionmaker, self.events, settlement_backend=backend.name),
+            liveness=heartbeats,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
             scheduler=SchedulerDirectory(self.scheduler_address),
@@ -400,6 +451,7 @@ class QubixExtension(ExtensionApp):
         if self.role in MARKET and self.serverapp is not None:
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
+            self.serverapp.io_loop.add_callback(heartbeats.start)
             self.serverapp.io_loop.add_callback(jobs.start)
             if self.settlement_interval > 0:
                 self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
@@ -424,6 +476,7 @@ class QubixExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         services = getattr(self, "services", None)
         if services is not None:
+            await services.liveness.stop()  # writes the heartbeats still buffered
             await services.jobs.stop()
         events = getattr(self, "events", None)
         if events is not None:
