@@ -4,6 +4,7 @@ socket (resume with sinceSeq), and a reconnect within 5 s of a real server resta
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import uuid
 from pathlib import Path
@@ -141,3 +142,36 @@ async def test_a_forbidden_channel_is_an_error_event_and_the_others_keep_flowing
         await sub.close()
         await owner.aclose()
         await other.aclose()
+
+
+def test_a_subscription_signs_in_again_when_its_token_expires(
+    tmp_path: Path, sqlite_template: Path
+):
+    """The market closes the socket with 4401 token_expired; the client holds the wallet, so it
+    signs in again, reconnects and resumes; the frames keep coming."""
+    config = tmp_path / "jupyter_config_dir"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"QubixExtension": {"token_ttl_seconds": 3}})
+    )
+    server = Market(tmp_path, sqlite_copy(tmp_path, sqlite_template))
+    server.start()
+    client = MarketClient(server.url, seed="q" * 55)
+    try:
+        client.sign_in()
+        first_token = client.token
+        sub = client.events("marketplace")
+        sub.wait_subscribed("marketplace", timeout=30)
+        sub.wait_state(ConnectionState.RECONNECTING, timeout=30)  # the token ran out
+        sub.wait_state(ConnectionState.OPEN, timeout=30)
+        assert client.token != first_token
+        sub.wait_subscribed("marketplace", timeout=30)
+        client.quick_register("after-renewal", GPU, 10)
+        event = sub.get(timeout=30)
+        while event.type != "PROVIDER_REGISTERED":
+            event = sub.get(timeout=30)
+        assert event.data["workerId"] == "after-renewal"
+        sub.close()
+    finally:
+        client.close()
+        server.stop()
