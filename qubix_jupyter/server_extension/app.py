@@ -303,10 +303,10 @@ class QubixExtension(ExtensionApp):
         return value  # type: ignore[no-any-return]
 
     @validate(
+        "heartbeat_interval",
         "heartbeat_flush_interval",
         "metrics_sample_seconds",
         "metrics_retention_hours",
-        "heartbeat_interval",
         "max_body_bytes",
         "assign_timeout_seconds",
         "max_result_bytes",
@@ -440,9 +440,9 @@ class QubixExtension(ExtensionApp):
             idempotency=IdempotencyStore(sessionmaker),
             events=self.events,
             jobs=jobs,
+            liveness=heartbeats,
             settlement=settlement,
             metrics=MarketMetrics(sessionmaker, self.events, settlement_backend=backend.name),
-            liveness=heartbeats,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
             scheduler=SchedulerDirectory(self.scheduler_address),
@@ -451,8 +451,8 @@ class QubixExtension(ExtensionApp):
         if self.role in MARKET and self.serverapp is not None:
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
-            self.serverapp.io_loop.add_callback(heartbeats.start)
             self.serverapp.io_loop.add_callback(jobs.start)
+            self.serverapp.io_loop.add_callback(heartbeats.start)
             if self.settlement_interval > 0:
                 self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
         base_url = self.serverapp.base_url if self.serverapp else "/"
@@ -476,8 +476,8 @@ class QubixExtension(ExtensionApp):
     async def stop_extension(self) -> None:
         services = getattr(self, "services", None)
         if services is not None:
-            await services.liveness.stop()  # writes the heartbeats still buffered
             await services.jobs.stop()
+            await services.liveness.stop()  # writes the heartbeats still buffered
         events = getattr(self, "events", None)
         if events is not None:
             events.close()  # every WebSocket gets 1001 going_away
