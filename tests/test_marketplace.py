@@ -258,6 +258,26 @@ async def test_search_orders_and_filters_a_known_market(database: Database):
         beyond = await search_providers(s, MarketplaceQuery(offset=10))
         assert beyond == Page(items=[], total=3, offset=10, limit=50)
 
+        # A capped count: exact below the cap, a lower bound (never above the truth) at it,
+        # and never below the end of the page asked for.
+        first = MarketplaceQuery(availability="all", limit=2)
+        exact = await search_providers(s, first, count_cap=6)
+        assert (exact.total, exact.total_is_exact) == (5, True)
+        capped = await search_providers(s, first, count_cap=3)
+        assert ([p.id for p in capped.items], capped.total, capped.total_is_exact) == (
+            ["d", "a"],
+            3,
+            False,
+        )
+        deep = await search_providers(
+            s, MarketplaceQuery(availability="all", offset=2, limit=2), count_cap=1
+        )
+        assert ([p.id for p in deep.items], deep.total, deep.total_is_exact) == (
+            ["f", "b"],
+            5,
+            False,
+        )
+
 
 # ---------------------------------------------------------------- query validation
 

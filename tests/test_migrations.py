@@ -11,7 +11,7 @@ from sqlalchemy.pool import NullPool
 
 from qubix_jupyter.db import migrate
 from qubix_jupyter.db.engine import install_sqlite_hooks, make_engine, sync_url
-from qubix_jupyter.db.schema import metadata
+from qubix_jupyter.db.schema import exists_on, metadata, metadata_for
 from qubix_jupyter.market.errors import SchemaOutOfDate
 
 from .conftest import DatabaseURL
@@ -24,7 +24,7 @@ def _diff(url: str) -> list[object]:
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})
-            return compare_metadata(context, metadata)
+            return compare_metadata(context, metadata_for(engine.dialect.name))
     finally:
         engine.dispose()
 
@@ -47,6 +47,40 @@ def test_one_head_and_every_revision_has_a_downgrade():
 def test_models_equal_the_migrated_schema(database_url: DatabaseURL):
     assert migrate.current_revision(database_url.url) == migrate.head_revision()
     assert _diff(database_url.url) == []
+
+
+def test_dialect_only_indexes_exist_exactly_where_the_model_says(database_url: DatabaseURL):
+    """Alembic compares neither an index's WHERE nor its INCLUDE: check the PostgreSQL-only
+    indexes' from the catalog, and that SQLite has none of them."""
+    engine = create_engine(sync_url(database_url.url), poolclass=NullPool)
+    try:
+        found = {
+            index["name"]: index
+            for table in metadata.tables
+            for index in inspect(engine).get_indexes(table)
+        }
+        dialect = engine.dialect
+        with engine.connect() as conn:
+            for table in metadata.sorted_tables:
+                for index in table.indexes:
+                    if not exists_on(index, database_url.kind):
+                        assert index.name not in found
+                        continue
+                    assert index.name in found
+                    options = index.dialect_options["postgresql"]
+                    if database_url.kind != "postgresql" or getattr(index, "_ddl_if", None) is None:
+                        continue
+                    definition = conn.execute(
+                        text("SELECT indexdef FROM pg_indexes WHERE indexname = :name"),
+                        {"name": index.name},
+                    ).scalar_one()
+                    if options["include"]:
+                        assert f"INCLUDE ({', '.join(options['include'])})" in definition
+                    if options["where"] is not None:
+                        where = str(options["where"].compile(dialect=dialect))
+                        assert definition.endswith(f"WHERE {where.split('.')[-1]}")
+    finally:
+        engine.dispose()
 
 
 def test_upgrade_downgrade_upgrade(database_url: DatabaseURL):

@@ -32,15 +32,22 @@ from ..market.marketplace import (
 from ..market.states import ProviderType
 from .models import Provider, User, new_id, utcnow
 
+#: A search counts its matches up to this many (or to the end of the page asked for, if that is
+#: further); past it ``total`` is a lower bound. An exact count over a large market reads every
+#: matching entry, and no one pages through ten thousand offers.
+TOTAL_COUNT_CAP = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of a search and the number of offers that match it on all pages."""
+    """One page of a search and the number of offers that match it on all pages: exactly when
+    ``total_is_exact``, else at least ``total``."""
 
     items: list[Provider]
     total: int
     offset: int
     limit: int
+    total_is_exact: bool = True
 
 
 def _conditions(query: MarketplaceQuery) -> list[ColumnElement[bool]]:
@@ -131,16 +138,28 @@ def _full_order(query: MarketplaceQuery, offer: Any) -> list[Any]:
     return order
 
 
-async def search_providers(session: AsyncSession, query: MarketplaceQuery) -> Page:
-    """The listed offers that match ``query``, in its order, one page of them, and their total."""
+async def search_providers(
+    session: AsyncSession, query: MarketplaceQuery, *, count_cap: int = TOTAL_COUNT_CAP
+) -> Page:
+    """The listed offers that match ``query``, in its order, one page of them, and their total.
+
+    The total is exact up to ``count_cap`` matches (or up to one past the page, if further);
+    beyond, the page says ``total_is_exact=False`` and ``total`` is the cap, a lower bound.
+    """
     where = _conditions(query)
     items = list((await session.scalars(_items(query, where))).all())
     if len(items) < query.limit and (items or query.offset == 0):
-        total = query.offset + len(items)  # the last page: it tells the total by itself
+        # the last page: it tells the total by itself
+        total, exact = query.offset + len(items), True
     else:
-        count = select(func.count()).select_from(Provider).where(*where)
+        cap = max(count_cap, query.offset + query.limit + 1)
+        matches = select(Provider.id).where(*where).limit(cap).subquery("matches")
+        count = select(func.count()).select_from(matches)
         total = (await session.execute(count)).scalar_one()
-    return Page(items=items, total=total, offset=query.offset, limit=query.limit)
+        exact = total < cap
+    return Page(
+        items=items, total=total, offset=query.offset, limit=query.limit, total_is_exact=exact
+    )
 
 
 # --------------------------------------------------------------------------------- registration

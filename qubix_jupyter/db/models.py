@@ -143,6 +143,37 @@ class Provider(Base):
     last_assigned_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+def _listing_index(name: str, *sort: Any) -> Index:
+    """A PostgreSQL index for one sort order of the marketplace listing: it leads with the
+    availability cell, covers every filter column, and holds only listed offers, so a page's keys
+    and a (capped) count are read from the index alone; ``lower(gpu_model)`` is computed from the
+    included ``gpu_model``. SQLite has no INCLUDE and no NULLS LAST in an index; it uses the
+    plain indexes above."""
+    return Index(
+        name,
+        Provider.is_online,
+        Provider.is_available,
+        *sort,
+        Provider.id,
+        postgresql_include=["gpu_model", "gpu_vram", "location"],
+        postgresql_where=Provider.is_listed,
+    ).ddl_if(dialect="postgresql")
+
+
+_listing_index(
+    "ix_providers_listed_cell_price",
+    Provider.price_per_hour,
+    Provider.performance_tflops.desc().nulls_last(),
+)
+_listing_index(
+    "ix_providers_listed_cell_performance",
+    Provider.performance_tflops.desc().nulls_last(),
+    Provider.price_per_hour,
+)
+# The model filter compares case-folded names.
+Index("ix_providers_lower_gpu_model", func.lower(Provider.gpu_model)).ddl_if(dialect="postgresql")
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (

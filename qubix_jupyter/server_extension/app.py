@@ -31,13 +31,14 @@ from ..config import default_database_url
 from ..db import migrate
 from ..db.auth_store import AuthStore
 from ..db.engine import make_engine, make_sessionmaker
+from ..db.event_store import save_hub_state, take_hub_state
 from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
 from ..db.settlement_store import SettlementStore
 from ..market.liveness import InvalidLivenessPolicy, LivenessPolicy
 from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
 from .auth import AuthService, RateLimiter
-from .events import EventHub, HeartbeatPolicy
+from .events import EventHub, HeartbeatPolicy, HubState
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .jobs import JobService
 from .liveness import HeartbeatBuffer
@@ -63,6 +64,25 @@ def _ensure_current_now(url: str) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, check()).result()
+
+
+def _take_hub_state_now(url: str) -> HubState | None:
+    """The event hub state the previous process saved as it stopped (taken: deleted), read from
+    start-up code like ``_ensure_current_now``."""
+
+    async def take() -> HubState | None:
+        engine = make_engine(url)
+        try:
+            saved = await take_hub_state(make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+        if saved is None:
+            return None
+        head, floor, frames = saved
+        return HubState(head=head, floor=floor, frames=tuple(frames))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, take()).result()
 
 
 class QubixExtension(ExtensionApp):
@@ -303,10 +323,10 @@ class QubixExtension(ExtensionApp):
         return value  # type: ignore[no-any-return]
 
     @validate(
-        "heartbeat_interval",
         "heartbeat_flush_interval",
         "metrics_sample_seconds",
         "metrics_retention_hours",
+        "heartbeat_interval",
         "max_body_bytes",
         "assign_timeout_seconds",
         "max_result_bytes",
@@ -394,7 +414,9 @@ class QubixExtension(ExtensionApp):
         sessionmaker = make_sessionmaker(engine)
         ledger = Ledger(sessionmaker, platform_fee_bps=self.platform_fee_bps)
         self.routes = routes_for(self.role, ROUTES)
-        self.events = EventHub(authorize=ChannelOwnership(sessionmaker))
+        self.events = EventHub(
+            authorize=ChannelOwnership(sessionmaker), resume=self._previous_hub_state()
+        )
         try:
             policy = LivenessPolicy(
                 heartbeat_interval=self.heartbeat_interval,
@@ -439,10 +461,10 @@ class QubixExtension(ExtensionApp):
             rate_limiter=RateLimiter(self.rate_limit_per_minute),
             idempotency=IdempotencyStore(sessionmaker),
             events=self.events,
-            jobs=jobs,
-            liveness=heartbeats,
             settlement=settlement,
+            jobs=jobs,
             metrics=MarketMetrics(sessionmaker, self.events, settlement_backend=backend.name),
+            liveness=heartbeats,
             max_body_bytes=self.max_body_bytes,
             allowed_origins=tuple(self.allowed_origins),
             scheduler=SchedulerDirectory(self.scheduler_address),
@@ -451,8 +473,8 @@ class QubixExtension(ExtensionApp):
         if self.role in MARKET and self.serverapp is not None:
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
-            self.serverapp.io_loop.add_callback(jobs.start)
             self.serverapp.io_loop.add_callback(heartbeats.start)
+            self.serverapp.io_loop.add_callback(jobs.start)
             if self.settlement_interval > 0:
                 self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
         base_url = self.serverapp.base_url if self.serverapp else "/"
@@ -473,15 +495,38 @@ class QubixExtension(ExtensionApp):
             )
         self.handlers.append((url_path_join(API_PREFIX, "(.*)"), NotFoundHandler))
 
+    def _previous_hub_state(self) -> HubState | None:
+        if self.role not in MARKET:
+            return None
+        try:
+            state = _take_hub_state_now(self.database_url)
+        except Exception as exc:  # clients then get a RESYNC: worse, not wrong
+            self.log.warning("QUBIX events: the previous hub state is unusable: %s", exc)
+            return None
+        if state is not None:
+            self.log.info("QUBIX events: resuming after seq %d", state.head)
+        return state
+
+    async def _hand_over_events(self, events: EventHub, services: Services) -> None:
+        """Save the stopped hub's state for the next process (see ``db.event_store``)."""
+        state = events.state()
+        try:
+            await save_hub_state(services.sessionmaker, state.head, state.floor, list(state.frames))
+        except Exception as exc:
+            self.log.warning("QUBIX events: could not save the hub state: %s", exc)
+
     async def stop_extension(self) -> None:
         services = getattr(self, "services", None)
         if services is not None:
-            await services.jobs.stop()
             await services.liveness.stop()  # writes the heartbeats still buffered
+            await services.jobs.stop()
         events = getattr(self, "events", None)
         if events is not None:
+            events.flush()  # a pending coalesced update is buffered, so it is handed over
             events.close()  # every WebSocket gets 1001 going_away
         services = getattr(self, "services", None)
+        if events is not None and services is not None and self.role in MARKET:
+            await self._hand_over_events(events, services)
         if services is not None:
             await services.settlement.stop()
             await services.engine.dispose()

@@ -35,6 +35,13 @@ the replay would not fit the connection's queue — the client gets one ``RESYNC
 (``data``: ``reason``, ``since``) and must refetch the channel's state over REST; live frames
 follow it. A subscribe without ``since_seq`` starts live.
 
+Restarts. A stopping market hands its hub's :meth:`EventHub.state` (head, floor and buffered
+frames) to the next process, which starts with ``EventHub(resume=state)``: its first ``seq`` is
+past both the old head and the clock, its floor and buffer are the old ones, so a client that
+had everything up to the old head (or anything still buffered) resumes without RESYNC and is
+replayed exactly what it missed, from before and after the restart. No seq is ever issued
+twice: the gap between the old head and the new first seq holds no frames.
+
 Coalescing. ``MARKETPLACE_UPDATE`` frames are merged per channel: the first in a quiet channel is
 sent at once; those published in the ``coalesce_interval`` after a send are merged
 (:func:`~qubix_jupyter.market.events.merge_marketplace_updates`: latest state per ``workerId``
@@ -111,6 +118,7 @@ __all__ = [
     "EventHub",
     "EventType",
     "HeartbeatPolicy",
+    "HubState",
     "InvalidChannel",
     "InvalidEvent",
     "Subscription",
@@ -151,6 +159,30 @@ class SubscriptionClosed(Exception):
     def __init__(self, reason: CloseReason) -> None:
         super().__init__(f"subscription closed: {reason.reason} ({reason.code})")
         self.reason = reason
+
+
+#: A buffered frame as a stopping hub hands it on: (seq, channel name, wallet owner or None, text).
+SavedFrame = tuple[int, str, str | None, str]
+
+
+@dataclass(frozen=True, slots=True)
+class HubState:
+    """What a hub hands the next process of the market: its head, its floor (the highest seq no
+    longer buffered) and its buffered frames in seq order, all above the floor, none above the
+    head. A state that breaks those rules is refused (ValueError)."""
+
+    head: int
+    floor: int
+    frames: tuple[SavedFrame, ...] = ()
+
+    def __post_init__(self) -> None:
+        previous = self.floor
+        for seq, *_ in self.frames:
+            if not previous < seq <= self.head:
+                raise ValueError("saved frames must increase, above the floor, up to the head")
+            previous = seq
+        if self.floor > self.head:
+            raise ValueError("the floor of a hub state cannot be above its head")
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,7 +472,8 @@ class EventHub:
     waiting before it counts as a slow consumer. ``max_channels``: subscriptions per connection.
     ``authorize``: the default ownership check for private channels. ``call_later(delay, fn)``:
     the timer for coalescing (default: the running loop's ``call_later``). ``dumps``: the JSON
-    encoder (one call per broadcast frame).
+    encoder (one call per broadcast frame). ``resume``: the :meth:`state` of the hub this one
+    follows (the previous process of the market), so its clients resume here.
     """
 
     def __init__(
@@ -455,6 +488,7 @@ class EventHub:
         first_seq: int | None = None,
         call_later: Callable[[float, Callable[[], None]], Any] | None = None,
         dumps: Callable[[Any], str] = _dumps,
+        resume: HubState | None = None,
     ) -> None:
         if buffer_size < 1 or max_queue < 2 or max_channels < 1 or coalesce_interval < 0:
             raise ValueError("buffer_size ≥ 1, max_queue ≥ 2, max_channels ≥ 1, interval ≥ 0")
@@ -470,6 +504,12 @@ class EventHub:
         #: highest seq no longer in the buffer (or never issued by this hub)
         self._floor = self._seq
         self._buffer: deque[tuple[int, _Key, str]] = deque()
+        if resume is not None:
+            self._seq = max(self._seq, resume.head)
+            kept = resume.frames[-buffer_size:]
+            dropped = len(resume.frames) - len(kept)
+            self._floor = resume.frames[dropped - 1][0] if dropped else resume.floor
+            self._buffer.extend((seq, (name, owner), frame) for seq, name, owner, frame in kept)
         self._subscribers: dict[_Key, dict[Subscription, None]] = {}
         self._connections: dict[Subscription, None] = {}
         self._coalescing: dict[_Key, _Coalescing] = {}
@@ -489,6 +529,12 @@ class EventHub:
     def subscribers(self, channel: str | Channel, *, user_id: str | None = None) -> int:
         parsed = parse_channel(channel)
         return len(self._subscribers.get(self._key_for(parsed, user_id), ()))
+
+    def state(self) -> HubState:
+        """The head, floor and buffered frames, for the next process's ``EventHub(resume=…)``.
+        Call it after :meth:`flush` and :meth:`close`, so nothing is pending or published after."""
+        frames = tuple((seq, name, owner, frame) for seq, (name, owner), frame in self._buffer)
+        return HubState(head=self._seq, floor=self._floor, frames=frames)
 
     # ------------------------------------------------------------------ connections
 

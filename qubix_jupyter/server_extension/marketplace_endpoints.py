@@ -121,6 +121,7 @@ async def list_providers(call: Call) -> BaseModel:
     return m.OfferPage(
         items=[offer_out(p) for p in page.items],
         total=page.total,
+        totalIsExact=page.total_is_exact,
         offset=page.offset,
         limit=page.limit,
     )

@@ -186,7 +186,11 @@ class ProviderOut(OfferOut):
 
 class OfferPage(Response):
     items: list[OfferOut]
-    total: int = Field(description="offers matching the filters on all pages")
+    total: int = Field(
+        description="offers matching the filters on all pages: exactly when totalIsExact, else at"
+        " least this many (the count stops at 10 000, or one past the page asked for)"
+    )
+    totalIsExact: bool
     offset: int
     limit: int
 

@@ -219,7 +219,7 @@ async def test_default_listing_is_available_offers_cheapest_first(search, market
     response = await search()
     assert workers(response) == ["b-3060", "b-4090", "a-4090", "a-a100"]
     page = body_of(response)
-    assert (page["total"], page["offset"], page["limit"]) == (4, 0, 50)
+    assert (page["total"], page["totalIsExact"], page["offset"], page["limit"]) == (4, True, 0, 50)
     first = page["items"][0]
     assert first["status"] == "online"
     assert first["qubicAddress"] == BOB
