@@ -1,0 +1,306 @@
+"""Heartbeat ingest of the market server against GET health on the same server, same run.
+
+Starts a throwaway PostgreSQL cluster, migrates it, starts the market as a real ``qubix serve``
+subprocess (rate limit off through a Jupyter config file), then starts ``--processes`` load
+generator processes. Each signs in its own wallet, registers ``--providers`` providers through
+the API (each with its own worker token), and once all are ready sends, paced at
+``--rate`` heartbeats/s in total, heartbeats round-robin over its providers for ``--seconds``;
+then the same generators send GET health at the same pace for the same time (the baseline: the
+server's floor for one authenticated-free request that touches the database).
+
+Prints one JSON line: achieved requests/s, p50/p99/max latency (ms) and errors for each phase,
+and the staleness of the providers at the end of the heartbeat phase (now − last_heartbeat, read
+from the database). Targets: ≥ 2,000 heartbeats/s sustained, p99 ≤ 100 ms, no provider more
+than 2 s stale.
+
+    python benchmarks/heartbeat_ingest.py [--seconds 60] [--processes 4] [--providers 250]
+                                          [--rate 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from qubix_jupyter.db import migrate
+from qubix_jupyter.db.pg_cluster import PgCluster, free_port
+from qubix_jupyter.settlement.keys import KeyPair
+from qubix_jupyter.settlement.wallet import challenge_digest
+
+USAGE = {
+    "cpuPercent": 21.0,
+    "ramPercent": 35.0,
+    "ramUsedGb": 11.2,
+    "ramTotalGb": 32.0,
+    "gpuPercent": 90.0,
+    "gpuTemp": 70.0,
+    "gpuMemUsedMb": 20000.0,
+    "gpuMemTotalMb": 24000.0,
+}
+
+
+def _seed(index: int) -> str:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return "".join(letters[(index * 7 + i) % 26] for i in range(55))
+
+
+async def _register(client: httpx.AsyncClient, index: int, providers: int) -> list[tuple[str, str]]:
+    pair = KeyPair.from_seed(_seed(index))
+    issued = (await client.post("auth/challenge", json={"qubicAddress": pair.identity})).json()
+    connected = await client.post(
+        "wallet/connect",
+        json={
+            "qubicAddress": pair.identity,
+            "challenge": issued["challenge"],
+            "signature": pair.sign(challenge_digest(issued["challenge"])).hex(),
+        },
+    )
+    connected.raise_for_status()
+    auth = {"Authorization": f"Bearer {connected.json()['token']}"}
+    workers = []
+    for n in range(providers):
+        worker_id = f"bench-{index}-{n}"
+        answer = await client.post(
+            "providers/quick-register",
+            headers=auth,
+            json={
+                "type": "native",
+                "gpu": {"type": "native", "vendor": "NVIDIA", "model": "RTX 4090", "vram": 24},
+                "workerId": worker_id,
+                "qubicAddress": pair.identity,
+                "pricePerHour": 40,
+            },
+        )
+        answer.raise_for_status()
+        workers.append((worker_id, answer.json()["workerToken"]))
+    return workers
+
+
+async def _paced(
+    client: httpx.AsyncClient, rate: float, seconds: float, send: Any
+) -> dict[str, Any]:
+    """Send ``rate`` requests/s for ``seconds`` (open loop); latencies of the answered ones."""
+    latencies: list[float] = []
+    errors = 0
+    in_flight: set[asyncio.Task[None]] = set()
+
+    async def one(n: int) -> None:
+        nonlocal errors
+        started = time.perf_counter()
+        try:
+            response = await send(n)
+            if response.status_code != 200:
+                errors += 1
+                return
+        except httpx.HTTPError:
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - started) * 1000)
+
+    start = time.perf_counter()
+    n = 0
+    while (elapsed := time.perf_counter() - start) < seconds:
+        due = int(elapsed * rate) + 1
+        while n < due:
+            task = asyncio.create_task(one(n))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+            n += 1
+        await asyncio.sleep(0.002)
+    await asyncio.gather(*in_flight)
+    return {
+        "sent": n,
+        "latencies": latencies,
+        "errors": errors,
+        "wall": time.perf_counter() - start,
+    }
+
+
+def _generator(
+    base: str,
+    index: int,
+    providers: int,
+    rate: float,
+    seconds: float,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
+    async def main() -> None:
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client:
+            workers = await _register(client, index, providers)
+            ready.set()
+            await asyncio.get_running_loop().run_in_executor(None, go.wait)
+
+            async def heartbeat(n: int) -> httpx.Response:
+                worker_id, token = workers[n % len(workers)]
+                usage = {**USAGE, "timestamp": dt.datetime.now(dt.UTC).isoformat()}
+                return await client.post(
+                    f"providers/{worker_id}/heartbeat",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={"usage": usage, "status": "online"},
+                )
+
+            async def health(n: int) -> httpx.Response:
+                return await client.get("health")
+
+            beats = await _paced(client, rate, seconds, heartbeat)
+            out.put(("heartbeat", index, beats, time.time()))
+            baseline = await _paced(client, rate, seconds, health)
+            out.put(("health", index, baseline, time.time()))
+
+    asyncio.run(main())
+
+
+def _summary(parts: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    latencies = sorted(x for p in parts for x in p["latencies"])
+    wall = max(p["wall"] for p in parts)
+    cuts = (
+        statistics.quantiles(latencies, n=100, method="inclusive")
+        if len(latencies) > 1
+        else [0] * 99
+    )
+    return {
+        "sent": sum(p["sent"] for p in parts),
+        "answered": len(latencies),
+        "errors": sum(p["errors"] for p in parts),
+        "per_second": round(len(latencies) / wall, 1),
+        "p50_ms": round(cuts[49], 2),
+        "p99_ms": round(cuts[98], 2),
+        "max_ms": round(latencies[-1], 2) if latencies else None,
+    }
+
+
+def _wait_healthy(base: str, server: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"qubix serve exited with {server.returncode}")
+        try:
+            if httpx.get(base + "health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("qubix serve did not answer GET health")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="each phase (default 60)")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--providers", type=int, default=250, help="per process")
+    parser.add_argument("--rate", type=float, default=2000.0, help="requests/s over all")
+    args = parser.parse_args(argv)
+
+    with PgCluster() as cluster, tempfile.TemporaryDirectory() as home:
+        url = cluster.create_database("bench")
+        migrate.upgrade(url)
+        config_dir = Path(home) / "config"
+        config_dir.mkdir()
+        (config_dir / "jupyter_server_config.json").write_text(
+            json.dumps({"QubixExtension": {"rate_limit_per_minute": 0}})
+        )
+        port = free_port()
+        env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config_dir), "JUPYTER_DATA_DIR": home}
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "qubix_jupyter.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--database-url",
+                url,
+                "--allow-root",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}/qubix/api/"
+        try:
+            _wait_healthy(base, server)
+            context = multiprocessing.get_context("spawn")
+            go = context.Event()
+            out = context.Queue()
+            readies, workers = [], []
+            for index in range(args.processes):
+                ready = context.Event()
+                readies.append(ready)
+                process = context.Process(
+                    target=_generator,
+                    args=(
+                        base,
+                        index,
+                        args.providers,
+                        args.rate / args.processes,
+                        args.seconds,
+                        ready,
+                        go,
+                        out,
+                    ),
+                )
+                process.start()
+                workers.append(process)
+            for ready in readies:
+                if not ready.wait(600):
+                    raise RuntimeError("a load generator did not finish registering")
+            go.set()
+            results: dict[str, list[dict[str, Any]]] = {"heartbeat": [], "health": []}
+            staleness: dict[str, float] = {}
+            for _ in range(2 * args.processes):
+                phase, _index, part, _at = out.get(timeout=args.seconds * 4 + 120)
+                results[phase].append(part)
+                if phase == "heartbeat" and len(results["heartbeat"]) == args.processes:
+                    with psycopg.connect(url) as conn:
+                        row = conn.execute(
+                            "SELECT count(*), max(now() - last_heartbeat),"
+                            " count(*) FILTER (WHERE last_heartbeat IS NULL OR is_online = false)"
+                            " FROM providers"
+                        ).fetchone()
+                    assert row is not None
+                    staleness = {
+                        "providers": row[0],
+                        "max_stale_s": round(row[1].total_seconds(), 3) if row[1] else None,
+                        "never_or_offline": row[2],
+                    }
+            for process in workers:
+                process.join(60)
+        finally:
+            server.terminate()
+            server.wait(30)
+    print(
+        json.dumps(
+            {
+                "seconds": args.seconds,
+                "processes": args.processes,
+                "providers": args.processes * args.providers,
+                "target_rate": args.rate,
+                "heartbeat": _summary(results["heartbeat"], args.seconds),
+                "baseline_health": _summary(results["health"], args.seconds),
+                "staleness_at_end": staleness,
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
