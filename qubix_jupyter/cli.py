@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -45,14 +44,7 @@ def _db_current(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if args.postgres:
-        from .db.pg_cluster import PgCluster
-
-        with PgCluster() as cluster:
-            ok = asyncio.run(run_demo(cluster.create_database("qubix_demo")))
-    else:
-        ok = asyncio.run(run_demo(args.database_url))
-    return 0 if ok else 1
+    return 0 if run_demo(args.database_url, postgres=args.postgres) else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -132,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the market's money path end to end")
+    demo = commands.add_parser(
+        "demo", help="run the whole market end to end: providers, jobs, money, audit"
+    )
     _add_database_url(demo)
     demo.add_argument(
         "--postgres",

@@ -1,172 +1,534 @@
-"""`qubix demo`: the market's money path end to end on the embedded defaults.
+"""`qubix demo`: the whole market end to end on the embedded defaults.
 
-Two users with real Qubic identities (SchnorrQ keys generated from seeds) sign in by signing a
-challenge. The consumer deposits QU on the simulated chain of the memory settlement backend, which
-credits the ledger; rents a provider's GPU for a job escrowed at the consumer's max price, assigned
-to a cheaper offer (the excess released), run and charged by the second; a second job finds no
-provider and is refunded in full; a retried charge moves nothing; the provider withdraws the
-earnings through a payout that the chain confirms by tick. Balances are printed after each step and
-the ledger's invariants are checked from the raw entries at the end.
+It starts a real market (``qubix serve`` in a child process on a fresh temporary SQLite file, or
+on PostgreSQL; the embedded scheduler, the memory settlement backend), shares this machine as two
+providers with wallets of their own (the GPU if there is one, the CPU otherwise, at different
+prices so the matcher's choice shows), signs a consumer in with a seed and funds the wallet
+through the simulated chain, then runs a ``benchmark`` job, a Python function and a notebook
+``cell`` on the providers' Dask workers, streaming their progress from the job channels. It ends
+with the results, each provider's earnings, the consumer's balance and refunds, and the ledger
+audit recomputed from every entry: the money of the real jobs. Everything the users do goes over
+HTTP and the events WebSocket; only the final audit, the operator's check, opens the database.
+
+Any failed step (a job that fails, an audit violation, a timeout) ends the demo with a message
+that says which, and a non-zero exit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from .db import migrate
-from .db import repositories as repo
-from .db.engine import make_engine, make_sessionmaker
-from .db.ledger import Ledger, audit
-from .market.money import escrow_for
-from .market.states import JobStatus, Role
-from .settlement.backends.memory import MemoryBackend
+from .dask_provider.gpu import detect_gpus
+from .dask_provider.kinds import benchmark_payload, cell_payload
+from .dask_provider.launcher import MarketRefused, ProvideConfig, ProviderLauncher, SharedDevice
 from .settlement.keys import KeyPair
-from .settlement.wallet import sign_challenge, verify_challenge
+from .settlement.wallet import generate_seed, write_seed_file
 
-PRICE = 400  # QU per GPU-hour asked by the provider
-MAX_PRICE = 500  # QU per GPU-hour the consumer accepts
 FEE_BPS = 250  # 2.5 % platform fee
-# Fixed seeds so every run shows the same identities. Real users run `qubix wallet new`.
-ALICE_SEED = "alice" + "a" * 50
-BOB_SEED = "bob" + "b" * 52
+DEPOSIT = 2_000  # QU the consumer deposits
+MAX_PRICE = 9_000  # QU per GPU-hour the consumer accepts
+HOURS = 0.02  # each job's time budget: 72 s, escrowed at the max price
+#: (name, price per hour, location) of the two offers; the cheaper one is matched first.
+OFFERS = (("alice", 7_200, "EU-West"), ("bob", 3_600, "US-East"))
+STARTUP_TIMEOUT_S = 30.0
+JOBS_TIMEOUT_S = 40.0
+#: A job no provider takes in this long fails "unassignable" (and is refunded) before the
+#: demo gives up waiting, so the demo can say why.
+ASSIGN_TIMEOUT_S = 20.0
+WORKER_ENV = {
+    # The workers' own logs stay out of the demo's output; failures still reach the market.
+    "DASK_LOGGING__DISTRIBUTED": "error",
+    "PYTHONWARNINGS": "ignore",
+}
+
+CELL_SOURCE = """\
+total = 0
+for step in range(1, 6):
+    total += step * step
+    progress(step / 5)
+    print(f"step {step}: total {total}")
+total
+"""
 
 
-async def run_demo(database_url: str | None = None, out: TextIO | None = None) -> bool:
-    """Run the demo; return True when every invariant holds."""
-    out = out if out is not None else sys.stdout
-    with tempfile.TemporaryDirectory(prefix="qubix-demo-") as tmp:
-        url = database_url or f"sqlite:///{Path(tmp) / 'demo.db'}"
-        return await _run(url, out)
+class DemoFailed(Exception):
+    """A step of the demo did not do what it should; the message says which."""
 
 
-async def _run(url: str, out: TextIO) -> bool:
-    def say(text: str = "") -> None:
-        print(text, file=out, flush=True)
+def estimate_pi(samples: int) -> float:
+    """The demo's Python job: a Monte Carlo π that reports its progress as it goes."""
+    import random
 
-    say(f"QUBIX demo — database {url.split('@')[-1]}")
+    import qubix_jupyter as qubix
+
+    rng = random.Random(2024)
+    inside = 0
+    chunk = samples // 5
+    for done in range(chunk, samples + 1, chunk):
+        inside += sum(rng.random() ** 2 + rng.random() ** 2 <= 1 for _ in range(chunk))
+        qubix.progress(done / samples)
+        time.sleep(0.2)  # slow enough for the progress to be seen arriving
+    return 4 * inside / samples
+
+
+# ---------------------------------------------------------------------------- the market
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class MarketProcess:
+    """``qubix serve`` in a child process with the demo's market config; its log to a file."""
+
+    def __init__(self, database_url: str, workdir: Path) -> None:
+        self.database_url = database_url
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log_path = workdir / "market.log"
+        self.env = dict(os.environ, PYTHONWARNINGS="ignore")
+        self.env.pop("QUBIX_DATABASE_URL", None)
+        for name in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+            self.env[name] = str(workdir / name.lower())
+            Path(self.env[name]).mkdir(parents=True, exist_ok=True)
+        config = {
+            "ServerApp": {"log_level": "WARN"},
+            "QubixExtension": {
+                "platform_fee_bps": FEE_BPS,
+                "settlement_backend": "memory",
+                "settlement_interval": 1.0,
+                "heartbeat_interval": 1.0,
+                "assign_timeout_seconds": ASSIGN_TIMEOUT_S,
+            },
+        }
+        config_file = Path(self.env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json"
+        config_file.write_text(json.dumps(config))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "qubix_jupyter.cli", "serve", "--port", str(self.port)]
+        command += ["--database-url", self.database_url]
+        if os.geteuid() == 0:
+            command.append("--allow-root")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DemoFailed(f"the market exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "qubix/api/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+        raise DemoFailed(f"the market did not answer in {STARTUP_TIMEOUT_S:g} s")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # a graceful stop: buffers flushed
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + line for line in text[-lines:])
+
+
+class DemoLauncher(ProviderLauncher):
+    """A provider of the demo: its workers keep their logs to themselves."""
+
+    def worker_env(self, device: SharedDevice) -> dict[str, str]:
+        return {**super().worker_env(device), **WORKER_ENV}
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class Printer:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.started = time.monotonic()
+
+    def __call__(self, text: str = "") -> None:
+        print(text, file=self.out, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def step(self, text: str) -> None:
+        self(f"[{self.elapsed:5.1f} s] {text}")
+
+    def table(
+        self, header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  "
+    ) -> None:
+        widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+        for row in (header, *rows):
+            cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+            self((indent + "  ".join(cells)).rstrip())
+
+
+def _bar(percent: int, width: int = 20) -> str:
+    filled = round(width * percent / 100)
+    return "█" * filled + "░" * (width - filled)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No library logs or warnings in the demo's output (the market's go to its log file)."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logging.disable(previous)
+
+
+# ---------------------------------------------------------------------------- the demo
+
+
+def run_demo(
+    database_url: str | None = None, *, postgres: bool = False, out: TextIO | None = None
+) -> bool:
+    """Run the demo; True when every job completed and the ledger audit holds."""
+    say = Printer(out if out is not None else sys.stdout)
+    with _quiet(), tempfile.TemporaryDirectory(prefix="qubix-demo-") as tmp:
+        try:
+            if postgres:
+                from .db.pg_cluster import PgCluster
+
+                with PgCluster() as cluster:
+                    url = cluster.create_database("qubix_demo")
+                    _run(url, "PostgreSQL (throwaway cluster)", Path(tmp), say)
+            else:
+                url = database_url or f"sqlite:///{Path(tmp) / 'market.db'}"
+                where = "SQLite (temporary file)" if database_url is None else _safe(url)
+                _run(url, where, Path(tmp), say)
+        except DemoFailed as exc:
+            say(f"\ndemo FAILED after {say.elapsed:.1f} s: {exc}")
+            return False
+    say(f"\ndemo finished in {say.elapsed:.1f} s")
+    return True
+
+
+def _safe(url: str) -> str:
+    """The URL without its password."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+def _run(url: str, where: str, tmp: Path, say: Printer) -> None:
+    from .db import migrate
+
+    say(f"QUBIX demo — the market end to end on {where}")
+    say()
     migrate.upgrade(url)
-    engine = make_engine(url)
-    sessionmaker = make_sessionmaker(engine)
-    ledger = Ledger(sessionmaker, platform_fee_bps=FEE_BPS)
+    market = MarketProcess(url, tmp)
+    launchers: list[tuple[str, DemoLauncher]] = []
     try:
-        await migrate.ensure_current(engine)
-        alice_keys, bob_keys = KeyPair.from_seed(ALICE_SEED), KeyPair.from_seed(BOB_SEED)
-        say("\nwallet connect (the seed never leaves the user's machine):")
-        for name, keys, seed in (("alice", alice_keys, ALICE_SEED), ("bob", bob_keys, BOB_SEED)):
-            challenge = f"qubix-demo login {name}"
-            signed = sign_challenge(seed, challenge)
-            accepted = verify_challenge(signed["identity"], challenge, signed["signature"])
-            say(f"  {name:<5} {keys.identity}  SchnorrQ signature verified: {accepted}")
-            if not accepted:
-                return False
-
-        settlement = MemoryBackend(ledger)
-        async with sessionmaker() as s, s.begin():
-            alice = await repo.create_user(
-                s, alice_keys.identity, username="alice", role=Role.CONSUMER
-            )
-            bob = await repo.create_user(s, bob_keys.identity, username="bob", role=Role.PROVIDER)
-            rtx = await repo.create_provider(
-                s,
-                bob.id,
-                worker_id="bob-rtx4090",
-                name="Bob's RTX 4090",
-                price_per_hour=PRICE,
-                gpu_vendor="NVIDIA",
-                gpu_model="NVIDIA GeForce RTX 4090",
-                gpu_vram=24.0,
-                gpu_count=1,
-                location="EU",
-            )
-            train = await repo.create_job(
-                s, alice.id, model_type="python", compute_seconds=1800, max_price=MAX_PRICE
-            )
-            orphan = await repo.create_job(
-                s,
-                alice.id,
-                model_type="cell",
-                compute_seconds=600,
-                max_price=MAX_PRICE,
-                constraints={"gpuModel": ["NVIDIA H200"]},
-            )
-
-        async def balances(step: str) -> None:
-            a = await ledger.wallet_balance(alice.id)
-            b = await ledger.wallet_balance(bob.id)
-            e = await ledger.escrow_balance(train.id) + await ledger.escrow_balance(orphan.id)
-            f = await ledger.balance("platform:fees")
-            say(f"  {step:<50} alice {a:>6}  bob {b:>5}  escrow {e:>5}  fees {f:>3}")
-
-        say(
-            f"\nprices: provider asks {PRICE} QU/GPU-h, consumer accepts up to {MAX_PRICE} QU/GPU-h"
-        )
-        say(f"platform fee {FEE_BPS / 100}%\n")
-        address = await settlement.deposit_identity_for(alice.id)
-        tx_id = await settlement.simulate_deposit(alice.id, 10_000)
-        settlement.advance(1)
-        credited = await settlement.scan_deposits()
-        credited += await settlement.scan_deposits()  # a second scan sees it again, credits nothing
-        say(f"alice's deposit identity {address}")
-        await balances(f"10000 QU arrive (tx {tx_id[:12]}…), credited {len(credited)}×")
-
-        locked = escrow_for(MAX_PRICE, train.compute_seconds)
-        await ledger.lock_escrow(train.id, locked, idempotency_key="demo-lock-train")
-        await balances(f"job 1 (30 min) escrowed at max price: {locked}")
-        await ledger.lock_escrow(
-            orphan.id,
-            escrow_for(MAX_PRICE, orphan.compute_seconds),
-            idempotency_key="demo-lock-orphan",
-        )
-        await balances("job 2 (10 min, H200 only) escrowed")
-
-        async with sessionmaker() as s, s.begin():
-            provider = await s.get(type(rtx), rtx.id)
-            assert provider is not None
-            await repo.assign_job(s, train.id, provider, status=JobStatus.RUNNING)
-        excess = locked - escrow_for(PRICE, train.compute_seconds)
-        await ledger.release_escrow(train.id, excess, idempotency_key="demo-release-train")
-        await balances(f"job 1 assigned to bob at {PRICE}: {excess} released")
-
-        charge = await ledger.charge(train.id, seconds=754, idempotency_key="demo-charge-train")
-        c = charge.amounts
-        await balances(f"job 1 ran 754 s: cost {c['cost']}")
-        say(f"    cost ceil({PRICE} × 754 / 3600) = {c['cost']} → bob {c['provider']}, "
-            f"fee {c['fee']}, refund {c['refund']}")  # fmt: skip
-
-        again = await ledger.charge(train.id, seconds=754, idempotency_key="demo-charge-train")
-        await balances(f"charge retried: replayed={again.replayed}, nothing moved")
-
-        await ledger.refund(orphan.id, idempotency_key="demo-refund-orphan", error="unassignable")
-        await balances("job 2 unassignable: refunded in full")
-
-        earned = await ledger.wallet_balance(bob.id)
-        payout = await settlement.request_payout(
-            "demo-payout-bob", bob.id, bob.qubic_address, earned
-        )
-        await balances(f"bob withdraws {earned} QU: payout {payout.display}")
-        for _ in range(20):
-            await settlement.run_once()  # one simulated tick, then payouts are processed
-            payout = await settlement.payout_status("demo-payout-bob")
-            if payout.display == "paid":
-                break
-        on_chain = settlement.chain.balance(bob.qubic_address)
-        say(f"    payout {payout.display} in tick {payout.confirmed_tick}, tx {payout.tx_id}")
-        say(f"    bob's identity now holds {on_chain} QU on the chain")
-
-        async with sessionmaker() as s:
-            report = await audit(s)
-        say("\nledger audit (recomputed from every entry):")
-        say(f"  accounts {report.accounts}, entries {report.entries}")
-        say(f"  internal total {report.internal_total} == deposits {report.deposits} "
-            f"- withdrawals {report.withdrawals}")  # fmt: skip
-        if report.ok:
-            say("  all five invariants hold: balances match entries, no QU created or lost,")
-            say("  nothing negative, no escrow left on finished jobs, every key applied once")
-        for violation in report.violations:
-            say(f"  VIOLATION: {violation}")
-        return report.ok and payout.display == "paid" and len(credited) == 1
+        market.start()
+        say.step(f"market up at {market.url} (memory settlement, fee {FEE_BPS / 100:g} %)")
+        launchers = _start_providers(market, tmp, say)
+        _market_session(market, url, launchers, say)
+    except MarketRefused as exc:
+        raise DemoFailed(f"{exc.message}\n  the market's log:\n{market.log_tail()}") from exc
     finally:
-        await engine.dispose()
+        for _, launcher in launchers:
+            launcher.stop(timeout_s=10)
+        market.stop()
+        say.step("providers drained, market stopped")
+
+
+def _start_providers(
+    market: MarketProcess, tmp: Path, say: Printer
+) -> list[tuple[str, DemoLauncher]]:
+    report = detect_gpus()
+    gpus = [g.index for g in report.gpus]
+    launchers: list[tuple[str, DemoLauncher]] = []
+    for number, (name, price, location) in enumerate(OFFERS):
+        seed = generate_seed()
+        write_seed_file(tmp / f"{name}.seed", seed)
+        # The first provider shares the first GPU (if any), the second the next one or the CPU.
+        share = gpus[number : number + 1]
+        launcher = DemoLauncher(
+            ProvideConfig(
+                market_url=market.url,
+                seed=seed,
+                price_per_hour=price,
+                name=f"{name}'s {'GPU' if share else 'CPU'}",
+                location=location,
+                gpus=share,
+                heartbeat_interval_s=1.0,
+                machine=f"qubix-demo-{name}-{tmp.name}",
+            )
+        )
+        launchers.append((name, launcher))
+        try:
+            devices = launcher.start()
+        except MarketRefused as exc:
+            if "scheduler_unavailable" not in exc.message:
+                raise
+            launcher.register()  # listed, though no worker can join: the jobs will wait
+            say.step(f"provider {name}: the market runs no scheduler, no worker started")
+            continue
+        for device in devices:
+            label = device.gpu.model if device.gpu is not None else report.label
+            say.step(f"provider {name} shares {label} at {price} QU/h as {device.worker_id}")
+    return launchers
+
+
+def _market_session(
+    market: MarketProcess, url: str, launchers: list[tuple[str, DemoLauncher]], say: Printer
+) -> None:
+    from .api import submit
+    from .client import MarketClient, MarketError
+
+    seed = generate_seed()
+    consumer = MarketClient(market.url, seed=seed)
+    providers = {
+        name: MarketClient(market.url, seed=launcher.config.seed) for name, launcher in launchers
+    }
+    names = {d.worker_id: name for name, launcher in launchers for d in launcher.devices}
+    running = {d.worker_id for _, launcher in launchers for d in launcher.devices if d.process}
+    try:
+        consumer.sign_in()
+        say.step(f"consumer carol signed in as {KeyPair.from_seed(seed).identity[:20]}…")
+        deposit = consumer.deposit(DEPOSIT)
+        start_balance = consumer.balance().balance
+        say.step(f"carol deposits {DEPOSIT} QU on the simulated chain: balance {start_balance} QU")
+        if start_balance != DEPOSIT:
+            raise DemoFailed(f"the deposit credited {start_balance} QU, not {DEPOSIT}: {deposit}")
+        _wait_online(consumer, running, say)
+
+        say("\nmarketplace")
+        offers = consumer.providers(availability="all", sort_by="price").items
+        say.table(
+            ("PROVIDER", "GPU", "VRAM", "PRICE", "PERFORMANCE", "LOCATION", "STATUS"),
+            [
+                (
+                    o.name or o.worker_id,
+                    o.gpu_model or "CPU",
+                    f"{o.gpu_vram:g} GB" if o.gpu_vram else "—",
+                    f"{o.price_per_hour} QU/h",
+                    f"{o.performance_tflops:.2f} TFLOPS" if o.performance_tflops else "—",
+                    o.location or "—",
+                    o.status,
+                )
+                for o in offers
+            ],
+        )
+
+        say(f"\njobs (each escrows {MAX_PRICE} QU/h × {HOURS * 3600:g} s, the rest comes back)")
+        jobs: dict[str, str] = {}
+        created = consumer.create_job(
+            "benchmark",
+            benchmark_payload(size=384, repeats=3),
+            compute_needed=HOURS,
+            max_price=MAX_PRICE,
+        )
+        assert created.job is not None
+        jobs[created.job.id] = "benchmark"
+        function_job = submit(
+            estimate_pi, 200_000, max_price=MAX_PRICE, hours=HOURS, client=consumer
+        )
+        jobs[function_job.id] = "python"
+        created = consumer.create_job(
+            "cell", cell_payload(CELL_SOURCE, ["total"]), compute_needed=HOURS, max_price=MAX_PRICE
+        )
+        assert created.job is not None
+        jobs[created.job.id] = "cell"
+        for job_id, kind in jobs.items():
+            say.step(f"submitted {kind:<9} job {job_id}")
+
+        say("\nprogress (from the job channels, as it arrives)")
+        finished = _stream(consumer, jobs, names, say)
+
+        say("\nresults")
+        _results(consumer, jobs, finished, names, say)
+
+        say("\nmoney")
+        rows = []
+        for name, client in providers.items():
+            earned = client.earnings().total
+            rows.append((name, f"earned {earned} QU", f"wallet {client.balance().balance} QU"))
+        say.table(("PROVIDER", "EARNINGS", "BALANCE"), rows)
+        refunds = sum(t.amount for t in consumer.transactions(type="REFUND", limit=100).items)
+        balance = consumer.balance().balance
+        spent = sum(finished[j].actual_cost or 0 for j in jobs)
+        say(f"  carol: deposited {DEPOSIT} QU, jobs cost {spent} QU, refunds {refunds} QU, "
+            f"balance {balance} QU")  # fmt: skip
+        if balance != DEPOSIT - spent:
+            raise DemoFailed(f"carol's balance {balance} is not {DEPOSIT} - {spent}")
+    except MarketError as exc:
+        raise DemoFailed(f"the market answered {exc}") from exc
+    finally:
+        consumer.close()
+        for client in providers.values():
+            client.close()
+    _audit(url, say)
+
+
+def _wait_online(consumer: Any, workers: set[str], say: Printer) -> None:
+    if not workers:
+        return
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        online = {o.worker_id for o in consumer.providers().items if o.is_online}
+        if workers <= online:
+            say.step(f"{len(workers)} workers joined the scheduler; the providers are online")
+            return
+        time.sleep(0.3)
+    say.step("not every provider came online; the jobs may wait for one")
+
+
+def _stream(
+    consumer: Any, jobs: dict[str, str], names: dict[str, str], say: Printer
+) -> dict[str, Any]:
+    """Print the jobs' events until each is finished (polled too, in case a frame is missed)."""
+    events: queue.Queue[Any] = queue.Queue()
+    finished: dict[str, Any] = {}
+    shown: dict[str, int] = {}
+    with consumer.events() as subscription:
+        subscription.on_event(events.put)
+        for job_id in jobs:
+            subscription.subscribe(f"job:{job_id}", since_seq=0)  # replays what came before
+        deadline = time.monotonic() + JOBS_TIMEOUT_S
+        next_poll = 0.0
+        while len(finished) < len(jobs):
+            if time.monotonic() > deadline:
+                waiting = {jobs[j]: consumer.job(j).status for j in jobs if j not in finished}
+                raise DemoFailed(
+                    f"jobs not finished after {JOBS_TIMEOUT_S:g} s: "
+                    + ", ".join(f"{k} {s}" for k, s in waiting.items())
+                    + " (is the market's scheduler running and dispatching jobs?)"
+                )
+            with contextlib.suppress(queue.Empty):
+                _show(events.get(timeout=0.5), jobs, names, shown, say)
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + 2.0
+                for job_id in jobs:
+                    if job_id not in finished:
+                        info = consumer.job(job_id)
+                        if info.terminal:
+                            finished[job_id] = info
+    return finished
+
+
+def _show(
+    event: Any, jobs: dict[str, str], names: dict[str, str], shown: dict[str, int], say: Printer
+) -> None:
+    data = event.data if isinstance(event.data, dict) else {}
+    job_id = str(data.get("jobId") or data.get("id") or (event.channel or "").removeprefix("job:"))
+    kind = jobs.get(job_id)
+    if kind is None:
+        return
+    if event.type == "JOB_PROGRESS":
+        percent = int(data.get("progress") or 0)
+        if percent > shown.get(job_id, -1):
+            shown[job_id] = percent
+            say.step(f"{kind:<9} {_bar(percent)} {percent:3d} %")
+    elif event.type in ("JOB_ASSIGNED", "JOB_REASSIGNED"):
+        job = data.get("job") if isinstance(data.get("job"), dict) else data
+        worker = job.get("workerId")
+        price = job.get("pricePerHour")
+        where = names.get(str(worker), str(worker))
+        say.step(f"{kind:<9} assigned to {where}" + (f" at {price} QU/h" if price else ""))
+    elif event.type in ("JOB_COMPLETED", "JOB_FAILED"):
+        say.step(f"{kind:<9} {event.type.removeprefix('JOB_').lower()}")
+
+
+def _results(
+    consumer: Any,
+    jobs: dict[str, str],
+    finished: dict[str, Any],
+    names: dict[str, str],
+    say: Printer,
+) -> None:
+    from .api import decode_result
+
+    rows = []
+    failures = []
+    for job_id, kind in jobs.items():
+        info = finished[job_id]
+        if info.status != "COMPLETED":
+            failures.append(f"{kind} job {job_id} {info.status}: {info.error}")
+            continue
+        value = decode_result(consumer.job_result(job_id).result)
+        if kind == "benchmark":
+            size = f"{value['size']}², {value['dtype']}"
+            shown = f"{value['tflops']:.3f} TFLOPS on {value['device']} ({size})"
+        elif kind == "python":
+            shown = f"estimate_pi(200000) = {value:.4f}"
+        else:
+            last = value["stdout"].strip().splitlines()[-1] if value["stdout"].strip() else ""
+            shown = f"stdout “{last}” …, total = {value['variables'].get('total')}"
+        rows.append(
+            (
+                kind,
+                info.status,
+                names.get(str(info.worker_id), str(info.worker_id)),
+                f"{info.actual_cost} QU",
+                shown,
+            )
+        )
+    if rows:
+        say.table(("JOB", "STATUS", "PROVIDER", "COST", "RESULT"), rows)
+    if failures:
+        raise DemoFailed("; ".join(failures))
+
+
+def _audit(url: str, say: Printer) -> None:
+    """The operator's check, straight from the database: the five invariants over every entry."""
+    from .db.engine import make_engine, make_sessionmaker
+    from .db.ledger import audit
+
+    async def check() -> Any:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                return await audit(session)
+        finally:
+            await engine.dispose()
+
+    report = asyncio.run(check())
+    say("\nledger audit (recomputed from every entry in the database)")
+    say(f"  accounts {report.accounts}, entries {report.entries}")
+    say(f"  internal total {report.internal_total} == deposits {report.deposits} "
+        f"- withdrawals {report.withdrawals}")  # fmt: skip
+    for violation in report.violations:
+        say(f"  VIOLATION: {violation}")
+    if not report.ok:
+        raise DemoFailed(f"the ledger audit found {len(report.violations)} violation(s)")
+    say("  audit ok: balances match entries, no QU created or lost, nothing negative,")
+    say("  no escrow left on finished jobs, every key applied once")

@@ -73,6 +73,9 @@ class ProvideConfig:
     nthreads: int = 1  # one job at a time per GPU, the market's unit of sale
     #: Override of the scheduler address the market announces (a test, or a private network).
     scheduler_address: str | None = None
+    #: What the workerIds derive from (default: this machine's id); providers that share one
+    #: machine under different wallets each give their own.
+    machine: str | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -176,7 +179,7 @@ class ProviderLauncher:
         if self.user_token is None:
             self.sign_in()
         report = self._detect(only=self.config.gpus)
-        machine = machine_id()
+        machine = self.config.machine or machine_id()
         import psutil
 
         devices: list[GPUInfo | None] = list(report.gpus) or [None]
@@ -241,6 +244,9 @@ class ProviderLauncher:
                 "QUBIX_WORKER_TOKEN": device.worker_token,
                 "QUBIX_MARKET_URL": self.config.market_url,
                 "QUBIX_HEARTBEAT_INTERVAL_S": str(self.config.heartbeat_interval_s),
+                # A job runs in a child process of the worker; a nanny's worker is daemonic by
+                # default, and a daemonic process may not have children.
+                "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
             }
         )
         if device.gpu is not None:
