@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -116,7 +117,6 @@ class MarketProcess:
                 "platform_fee_bps": FEE_BPS,
                 "settlement_backend": "memory",
                 "settlement_interval": 1.0,
-                "heartbeat_interval": 1.0,
                 "assign_timeout_seconds": ASSIGN_TIMEOUT_S,
             },
         }
@@ -253,7 +253,10 @@ def _run(url: str, where: str, tmp: Path, say: Printer) -> None:
 
     say(f"QUBIX demo — the market end to end on {where}")
     say()
-    migrate.upgrade(url)
+    try:
+        migrate.upgrade(url)
+    except Exception as exc:  # whatever the driver raises, the person needs the reason
+        raise DemoFailed(f"cannot prepare the database {_safe(url)}: {exc}") from exc
     market = MarketProcess(url, tmp)
     launchers: list[tuple[str, DemoLauncher]] = []
     try:
@@ -264,8 +267,15 @@ def _run(url: str, where: str, tmp: Path, say: Printer) -> None:
     except MarketRefused as exc:
         raise DemoFailed(f"{exc.message}\n  the market's log:\n{market.log_tail()}") from exc
     finally:
-        for _, launcher in launchers:
-            launcher.stop(timeout_s=10)
+        # Every provider drains at once: each worker's graceful close takes a few seconds.
+        drains = [
+            threading.Thread(target=launcher.stop, kwargs={"timeout_s": 10})
+            for _, launcher in launchers
+        ]
+        for drain in drains:
+            drain.start()
+        for drain in drains:
+            drain.join()
         market.stop()
         say.step("providers drained, market stopped")
 
@@ -275,6 +285,7 @@ def _start_providers(
 ) -> list[tuple[str, DemoLauncher]]:
     report = detect_gpus()
     gpus = [g.index for g in report.gpus]
+    say.step(f"this machine: {report.label}")
     launchers: list[tuple[str, DemoLauncher]] = []
     for number, (name, price, location) in enumerate(OFFERS):
         seed = generate_seed()
@@ -289,7 +300,6 @@ def _start_providers(
                 name=f"{name}'s {'GPU' if share else 'CPU'}",
                 location=location,
                 gpus=share,
-                heartbeat_interval_s=1.0,
                 machine=f"qubix-demo-{name}-{tmp.name}",
             )
         )
@@ -303,7 +313,7 @@ def _start_providers(
             say.step(f"provider {name}: the market runs no scheduler, no worker started")
             continue
         for device in devices:
-            label = device.gpu.model if device.gpu is not None else report.label
+            label = device.gpu.model if device.gpu is not None else "its CPU"
             say.step(f"provider {name} shares {label} at {price} QU/h as {device.worker_id}")
     return launchers
 
@@ -383,13 +393,20 @@ def _market_session(
             earned = client.earnings().total
             rows.append((name, f"earned {earned} QU", f"wallet {client.balance().balance} QU"))
         say.table(("PROVIDER", "EARNINGS", "BALANCE"), rows)
-        refunds = sum(t.amount for t in consumer.transactions(type="REFUND", limit=100).items)
+        _payout(providers, say)
+        returned = consumer.transactions(type=["ESCROW_RELEASE", "REFUND"], limit=100).items
+        refunds = sum(t.amount for t in returned)
         balance = consumer.balance().balance
         spent = sum(finished[j].actual_cost or 0 for j in jobs)
-        say(f"  carol: deposited {DEPOSIT} QU, jobs cost {spent} QU, refunds {refunds} QU, "
-            f"balance {balance} QU")  # fmt: skip
-        if balance != DEPOSIT - spent:
-            raise DemoFailed(f"carol's balance {balance} is not {DEPOSIT} - {spent}")
+        locks = consumer.transactions(type="ESCROW_LOCK", limit=100).items
+        escrowed = sum(t.amount for t in locks)
+        say(f"  carol: deposited {DEPOSIT} QU, escrowed {escrowed} QU, jobs cost {spent} QU, "
+            f"refunded {refunds} QU, balance {balance} QU")  # fmt: skip
+        if balance != DEPOSIT - spent or refunds != escrowed - spent:
+            raise DemoFailed(
+                f"carol's money does not add up: balance {balance}, escrowed {escrowed}, "
+                f"spent {spent}, refunded {refunds}"
+            )
     except MarketError as exc:
         raise DemoFailed(f"the market answered {exc}") from exc
     finally:
@@ -397,6 +414,25 @@ def _market_session(
         for client in providers.values():
             client.close()
     _audit(url, say)
+
+
+def _payout(providers: dict[str, Any], say: Printer) -> None:
+    """The best-paid provider withdraws the earnings: a payout the simulated chain confirms."""
+    name, client = max(providers.items(), key=lambda item: item[1].balance().balance)
+    amount = client.balance().balance
+    if amount <= 0:
+        return
+    client.withdraw(amount)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        payout = client.withdrawals()[0]
+        if payout.status in ("confirmed", "failed"):
+            break
+        time.sleep(0.3)
+    if payout.status != "confirmed":
+        raise DemoFailed(f"{name}'s payout of {amount} QU is {payout.status}: {payout.last_error}")
+    say.step(f"{name} withdraws {amount} QU: payout confirmed in tick {payout.confirmed_tick}, "
+             f"tx {(payout.qubic_tx_hash or '')[:16]}…")  # fmt: skip
 
 
 def _wait_online(consumer: Any, workers: set[str], say: Printer) -> None:
@@ -419,6 +455,7 @@ def _stream(
     events: queue.Queue[Any] = queue.Queue()
     finished: dict[str, Any] = {}
     shown: dict[str, int] = {}
+    assigned: set[str] = set()
     with consumer.events() as subscription:
         subscription.on_event(events.put)
         for job_id in jobs:
@@ -434,19 +471,28 @@ def _stream(
                     + " (is the market's scheduler running and dispatching jobs?)"
                 )
             with contextlib.suppress(queue.Empty):
-                _show(events.get(timeout=0.5), jobs, names, shown, say)
+                _show(events.get(timeout=0.5), jobs, names, shown, assigned, say)
             if time.monotonic() >= next_poll:
                 next_poll = time.monotonic() + 2.0
                 for job_id in jobs:
                     if job_id not in finished:
                         info = consumer.job(job_id)
+                        if info.worker_id and job_id not in assigned:
+                            assigned.add(job_id)
+                            where = names.get(info.worker_id, info.worker_id)
+                            say.step(f"{jobs[job_id]:<9} on {where} at {info.price_per_hour} QU/h")
                         if info.terminal:
                             finished[job_id] = info
     return finished
 
 
 def _show(
-    event: Any, jobs: dict[str, str], names: dict[str, str], shown: dict[str, int], say: Printer
+    event: Any,
+    jobs: dict[str, str],
+    names: dict[str, str],
+    shown: dict[str, int],
+    assigned: set[str],
+    say: Printer,
 ) -> None:
     data = event.data if isinstance(event.data, dict) else {}
     job_id = str(data.get("jobId") or data.get("id") or (event.channel or "").removeprefix("job:"))
@@ -458,12 +504,15 @@ def _show(
         if percent > shown.get(job_id, -1):
             shown[job_id] = percent
             say.step(f"{kind:<9} {_bar(percent)} {percent:3d} %")
-    elif event.type in ("JOB_ASSIGNED", "JOB_REASSIGNED"):
+    elif event.type == "JOB_REASSIGNED" or (
+        event.type == "JOB_ASSIGNED" and job_id not in assigned
+    ):
+        assigned.add(job_id)
         job = data.get("job") if isinstance(data.get("job"), dict) else data
         worker = job.get("workerId")
         price = job.get("pricePerHour")
         where = names.get(str(worker), str(worker))
-        say.step(f"{kind:<9} assigned to {where}" + (f" at {price} QU/h" if price else ""))
+        say.step(f"{kind:<9} on {where}" + (f" at {price} QU/h" if price else ""))
     elif event.type in ("JOB_COMPLETED", "JOB_FAILED"):
         say.step(f"{kind:<9} {event.type.removeprefix('JOB_').lower()}")
 
