@@ -46,6 +46,8 @@ def test_a_gpu_worker_has_one_gpu_slot_its_device_and_its_token_in_the_environme
     assert env["CUDA_VISIBLE_DEVICES"] == "GPU-1234"
     assert env["QUBIX_GPU_INDEX"] == "1"
     assert env["QUBIX_MARKET_URL"] == "http://m.example/"
+    # The job's child process needs a worker that may have children (a nanny's is daemonic).
+    assert env["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False"
 
 
 def test_a_cpu_worker_has_no_gpu_slot() -> None:
@@ -55,3 +57,42 @@ def test_a_cpu_worker_has_no_gpu_slot() -> None:
     assert "--resources" not in command
     assert "distributed.cli.dask_worker" in command
     assert "QUBIX_GPU_INDEX" not in launcher.worker_env(device)
+
+
+def test_providers_sharing_one_machine_register_distinct_worker_ids() -> None:
+    """Two wallets on one machine (the demo) each name their machine; the ids stay stable."""
+    answers: list[dict[str, object]] = []
+
+    class Market:
+        def request(self, method: str, path: str, json: object = None, headers: object = None):
+            answers.append({"path": path, "body": json})
+            return _Answer({"workerToken": "qxw_t"})
+
+    ids = []
+    for machine in ("demo-alice", "demo-bob", "demo-alice"):
+        launcher = ProviderLauncher(
+            ProvideConfig(
+                market_url="http://m.example/",
+                seed="a" * 55,
+                price_per_hour=9,
+                gpus=[],
+                machine=machine,
+            ),
+            http=Market(),
+        )
+        launcher.user_token = "qxu_t"
+        launcher._identity = "A" * 60
+        ids.append(launcher.register()[0].worker_id)
+    assert ids[0] != ids[1]
+    assert ids[0] == ids[2]
+    assert [a["body"]["workerId"] for a in answers] == ids  # type: ignore[index]
+
+
+class _Answer:
+    status_code = 200
+
+    def __init__(self, body: dict[str, object]) -> None:
+        self._body = body
+
+    def json(self) -> dict[str, object]:
+        return self._body
