@@ -27,6 +27,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'qubix_jupyter' has no attribute {name!r}")
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext qubix_jupyter``: the ``%qubix`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
+
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     """Jupyter server 2 finds the ``qubix`` extension here (enabled by the wheel's config file)."""
     # Imported on demand: `import qubix_jupyter` in a kernel must not pull in the server.

@@ -100,6 +100,14 @@ class Job:
     def __repr__(self) -> str:
         return f"<qubix Job {self.id} {self.info.status} {self.info.progress}%>"
 
+    def _ipython_display_(self) -> None:
+        """In a notebook a job shows as a live JobWidget (progress, cost, logs, cancel)."""
+        from IPython.display import display
+
+        from .widgets import JobWidget
+
+        display(JobWidget(self.client, self.info))
+
     def refresh(self) -> JobInfo:
         self.info = self.client.job(self.id)
         return self.info
