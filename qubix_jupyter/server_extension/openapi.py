@@ -32,7 +32,7 @@ _ROUTE_ERRORS = {
     403: "Not yours",
     404: "No such record",
     409: "Conflict with the current state (e.g. a workerId registered by another user)",
-    422: "A query parameter does not match the schema (the details name each one)",
+    422: "A query parameter or header does not match the schema (the details name each one)",
     503: "A dependency does not answer or is not configured (the chain, settlement)",
 }
 
@@ -133,6 +133,8 @@ def _operation(route: Route) -> dict[str, Any]:
         statuses[401] = _ROUTE_ERRORS[401]
     if route.idempotent:
         statuses[409] = _ROUTE_ERRORS[409]
+        # a malformed Idempotency-Key header, on a route with a body or without one
+        statuses.setdefault(422, _ROUTE_ERRORS[422])
     for status in route.errors:
         statuses.setdefault(status, _ROUTE_ERRORS.get(status, "Error"))
     for status in sorted(statuses):
