@@ -88,8 +88,13 @@ class Dispatcher:
         worker_address: str,
         limits: JobLimits,
         gpu: bool = False,
+        key: str | None = None,
     ) -> None:
-        """Run the job on that worker only (with one GPU slot for a GPU job)."""
+        """Run the job on that worker only (with one GPU slot for a GPU job).
+
+        ``key``: the task's key (default ``qubix-job-{job_id}``); a job run again after its
+        worker was lost takes a new one, so it never meets the released task of its last run.
+        """
         if job_id in self._running:
             raise ValueError(f"job {job_id} is already running")
         future = self._client.submit(
@@ -98,7 +103,7 @@ class Dispatcher:
             kind,
             payload,
             limits,
-            key=f"qubix-job-{job_id}",
+            key=key or f"qubix-job-{job_id}",
             workers=[worker_address],
             allow_other_workers=False,
             resources={"GPU": 1} if gpu else None,

@@ -308,7 +308,8 @@ async def start_scheduler(
             protocol=protocol,
             security=security,
             dashboard=False,
-            dashboard_address=None,
+            # Its HTTP routes (metrics) on a free local port: 8787 may be anyone's.
+            dashboard_address="127.0.0.1:0",
             validate=False,
         )
         guard = SchedulerGuard(scheduler, validate_worker)

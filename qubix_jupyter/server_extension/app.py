@@ -16,6 +16,7 @@ import os
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from traitlets import (
+    Bool,
     CaselessStrEnum,
     Float,
     Int,
@@ -39,6 +40,7 @@ from ..market.liveness import InvalidLivenessPolicy, LivenessPolicy
 from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy, HubState
+from .execution import EXECUTION, ExecutionService
 from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
 from .jobs import JobService
 from .liveness import HeartbeatBuffer
@@ -121,6 +123,64 @@ class QubixExtension(ExtensionApp):
         help="""Address of an external Dask scheduler, e.g. "tls://scheduler.internal:8786".
         Empty (default): the market embeds its own scheduler on the server's event loop.
         Providers' workers learn the address from `GET scheduler` (worker token).
+        """,
+    )
+
+    scheduler_listen = Unicode(
+        "tcp://127.0.0.1:0",
+        config=True,
+        help="""Where the embedded Dask scheduler listens for providers' workers, e.g.
+        "tcp://0.0.0.0:8786" (port 0: any free port). Empty: the market runs no scheduler and
+        executes no jobs itself (providers then poll for their jobs over HTTP). Ignored when
+        scheduler_address names an external scheduler.
+        Example: c.QubixExtension.scheduler_listen = "tls://0.0.0.0:8786"
+        """,
+    )
+
+    scheduler_contact_address = Unicode(
+        "",
+        config=True,
+        help="""The address workers are told to dial (`GET scheduler`) when it differs from
+        scheduler_listen (behind NAT or a proxy), e.g. "tls://market.example:8786".
+        Empty (default): the address the scheduler listens on.
+        """,
+    )
+
+    scheduler_tls_ca_file = Unicode(
+        "",
+        config=True,
+        help="""CA certificate (PEM) for the scheduler's TLS: with scheduler_tls_cert_file and
+        scheduler_tls_key_file the scheduler listens with tls:// and requires encryption
+        (distributed.Security). Empty (default): plain tcp://.
+        """,
+    )
+
+    scheduler_tls_cert_file = Unicode(
+        "",
+        config=True,
+        help="""The scheduler's TLS certificate (PEM); see scheduler_tls_ca_file.""",
+    )
+
+    scheduler_tls_key_file = Unicode(
+        "",
+        config=True,
+        help="""The scheduler's TLS private key (PEM); see scheduler_tls_ca_file.""",
+    )
+
+    worker_ttl_seconds = Float(
+        15.0,
+        config=True,
+        help="""Seconds the scheduler waits for a silent worker (a stopped or unreachable
+        process) before it removes it; its running job is then reassigned. Must be > 0.
+        Example: c.QubixExtension.worker_ttl_seconds = 30
+        """,
+    )
+
+    execute_jobs = Bool(
+        True,
+        config=True,
+        help="""Whether this market runs its jobs on the providers' Dask workers (default).
+        False: jobs are only assigned; providers poll for them and report over HTTP.
         """,
     )
 
@@ -330,6 +390,7 @@ class QubixExtension(ExtensionApp):
         "max_body_bytes",
         "assign_timeout_seconds",
         "max_result_bytes",
+        "worker_ttl_seconds",
         "token_ttl_seconds",
         "challenge_ttl_seconds",
     )
@@ -470,21 +531,68 @@ class QubixExtension(ExtensionApp):
             scheduler=SchedulerDirectory(self.scheduler_address),
         )
         self.services = services
+        self.execution = self._execution(services)
         if self.role in MARKET and self.serverapp is not None:
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
             self.serverapp.io_loop.add_callback(heartbeats.start)
             self.serverapp.io_loop.add_callback(jobs.start)
+            if self.execution is not None:
+                self.serverapp.io_loop.add_callback(self._start_execution, self.execution)
             if self.settlement_interval > 0:
                 self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
         base_url = self.serverapp.base_url if self.serverapp else "/"
         document = openapi_document(self.routes, base_url)
         if self.role in MARKET:
             add_events_to(document)
-        self.settings.update({SERVICES: services, OPENAPI: document, EVENTS: self.events})
+        self.settings.update(
+            {SERVICES: services, OPENAPI: document, EVENTS: self.events, EXECUTION: self.execution}
+        )
         self.log.info(
             "QUBIX %s on %s (%s)", self.role, engine.url.render_as_string(), engine.dialect.name
         )
+
+    def _security(self) -> object | None:
+        files = (self.scheduler_tls_ca_file, self.scheduler_tls_cert_file)
+        if not any(files):
+            return None
+        from distributed import Security
+
+        ca, cert = (os.path.expanduser(f) for f in files)
+        key = os.path.expanduser(self.scheduler_tls_key_file) or None
+        return Security(
+            tls_ca_file=ca,
+            tls_scheduler_cert=cert,
+            tls_scheduler_key=key,
+            tls_client_cert=cert,
+            tls_client_key=key,
+            require_encryption=True,
+        )
+
+    def _execution(self, services: Services) -> ExecutionService | None:
+        if self.role not in MARKET or not self.execute_jobs:
+            return None
+        if not self.scheduler_address and not self.scheduler_listen:
+            return None
+        return ExecutionService(
+            services.jobs,
+            services.liveness,
+            services.sessionmaker,
+            services.auth,
+            services.scheduler,
+            listen=self.scheduler_listen,
+            external_address=self.scheduler_address,
+            contact_address=self.scheduler_contact_address or None,
+            security=self._security(),  # type: ignore[arg-type]
+            worker_ttl_s=self.worker_ttl_seconds,
+            max_result_bytes=self.max_result_bytes,
+        )
+
+    async def _start_execution(self, execution: ExecutionService) -> None:
+        try:
+            await execution.start()
+        except Exception as exc:  # the API serves on; jobs wait for a scheduler
+            self.log.error("QUBIX scheduler not started: %s", exc)
 
     def initialize_handlers(self) -> None:
         for path, methods in by_path(self.routes).items():
@@ -520,6 +628,9 @@ class QubixExtension(ExtensionApp):
         if services is not None:
             await services.liveness.stop()  # writes the heartbeats still buffered
             await services.jobs.stop()
+        execution = getattr(self, "execution", None)
+        if execution is not None:
+            await execution.stop()
         events = getattr(self, "events", None)
         if events is not None:
             events.flush()  # a pending coalesced update is buffered, so it is handed over

@@ -115,6 +115,8 @@ class HeartbeatBuffer:
         self._turn = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_prune: dt.datetime | None = None
+        #: Called with the workerIds each liveness check took offline (their jobs move on).
+        self.on_offline: list[Callable[[list[str]], Awaitable[object]]] = []
 
     @property
     def pending(self) -> int:
@@ -214,7 +216,13 @@ class HeartbeatBuffer:
             return await db.prune_samples(session, self._clock() - self.retention)
 
     async def _monitor(self) -> None:
-        await self.check_liveness()
+        taken = await self.check_liveness()
+        if taken:
+            for hook in list(self.on_offline):
+                try:
+                    await hook(taken)
+                except Exception:  # the next check goes on; the hook's failure is its own
+                    log.exception("QUBIX liveness: offline hook %r failed", hook)
         now = self._clock()
         if self._last_prune is None or (now - self._last_prune).total_seconds() >= PRUNE_EVERY:
             self._last_prune = now

@@ -83,7 +83,13 @@ def jp_server_config(database_url: DatabaseURL, qubix_config: dict[str, Any]) ->
             "allow_unauthenticated_access": False,
             "reraise_server_extension_failures": True,
         },
-        "QubixExtension": {"database_url": database_url.url, **qubix_config},
+        # Jobs run on Dask workers only where a test asks (execute_jobs): the others drive
+        # the worker's HTTP routes themselves.
+        "QubixExtension": {
+            "database_url": database_url.url,
+            "execute_jobs": False,
+            **qubix_config,
+        },
     }
 
 
