@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from qubix_jupyter.server_extension.handlers import RouteHandler
+from qubix_jupyter.server_extension.openapi import IDEMPOTENCY_PARAMETER
 from qubix_jupyter.server_extension.routes import API_PREFIX, ROUTES
 
 from .conftest import Api, body_of
@@ -72,6 +73,41 @@ async def test_every_operation_is_complete(api: Api):
             assert path_params == PARAM.findall(path)
             query_params = [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
             assert query_params == ([] if route.query is None else list(route.query.model_fields))
+            headers = [p for p in op.get("parameters", []) if p["in"] == "header"]
+            assert headers == ([IDEMPOTENCY_PARAMETER] if route.idempotent else []), path
+            assert list(op["responses"]["200"]["content"]) == [route.media_type], path
+            statuses = {int(status) for status in op["responses"]}
+            assert set(route.errors) | set(route.alt_statuses) | {200} <= statuses, path
+            if route.idempotent:  # a retry with another body; a malformed key
+                assert {409, 422} <= statuses, path
+            for status in route.alt_statuses:
+                alt = op["responses"][str(status)]["content"]["application/json"]["schema"]
+                assert alt["$ref"] == ref, (path, status)
+            for status in statuses - {200, *route.alt_statuses}:
+                error = op["responses"][str(status)]["content"]["application/json"]["schema"]
+                assert error["$ref"].endswith("/ErrorResponse"), (path, status)
+
+
+async def test_the_document_names_each_credential_kind(api: Api):
+    """Each ``auth`` kind of the table has its security scheme, and only the operator's is
+    Jupyter's own authentication."""
+    document = body_of(await api("GET", "openapi.json"))
+    schemes = document["components"]["securitySchemes"]
+    used = {
+        name
+        for operations in document["paths"].values()
+        for op in operations.values()
+        for requirement in op["security"]
+        for name in requirement
+    }
+    assert used == set(schemes)  # none undocumented, none unused
+    assert {name for r in SECURITY.values() for req in r for name in req} <= used
+    assert {r.auth for r in ROUTES} <= set(SECURITY)
+    assert schemes["bearerAuth"]["scheme"] == schemes["workerAuth"]["scheme"] == "bearer"
+    assert schemes["jupyterAuth"] == schemes["jupyterAuth"] | {
+        "in": "header",
+        "name": "Authorization",
+    }
 
 
 async def test_every_documented_route_answers(api: Api):
