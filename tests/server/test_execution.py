@@ -224,3 +224,85 @@ async def test_cell_and_benchmark_jobs_run_through_the_market(market: Market):
     assert figures["device"] == "cpu"
     assert figures["tflops"] > 0
     await market.audit_ok()
+
+
+def sleepy(seconds: float) -> str:
+    import time
+
+    from qubix_jupyter.api import progress
+
+    progress(0.1)
+    time.sleep(seconds)
+    return "done"
+
+
+def failing() -> None:
+    raise ValueError("the consumer's bug")
+
+
+def huge() -> bytes:
+    return b"x" * 4_000_000
+
+
+async def _running(market: Market, job_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(120):
+        while True:
+            job = await market.job(job_id)
+            if job["status"] == "RUNNING" and job["progress"] >= 10:
+                return job
+            await asyncio.sleep(0.1)
+
+
+@sqlite_only
+async def test_a_killed_worker_loses_its_job_to_another_provider_paid_once(market: Market):
+    await market.provider("exec-cheap", price=PRICE)
+    await market.provider("exec-other", seed=SEED_CAROL, price=PRICE + 1)
+    job_id = await market.create("python", encode_python_job(sleepy, (5.0,), {}))
+    first = await _running(market, job_id)
+    assert first["workerId"] == "exec-cheap"  # the cheapest first
+    market.workers["exec-cheap"].kill()
+    job = await market.until(job_id, "COMPLETED", "FAILED")
+    assert job["status"] == "COMPLETED", job
+    assert job["workerId"] == "exec-other"
+    assert decode_result((await market.result(job_id))["result"]) == "done"
+    earnings = await market.entries(job_id, EntryType.EARNING)
+    assert len(earnings) == 1
+    assert earnings[0].user_id == market.owner_of["exec-other"]
+    assert await market.escrow(job_id) == 0
+    await market.audit_ok()
+
+
+@sqlite_only
+async def test_cancel_budget_code_error_and_oversize_results(market: Market):
+    await market.provider("exec-f")
+    # Cancelled mid-run: the task stops, the time used is charged.
+    job_id = await market.create("python", encode_python_job(sleepy, (60.0,), {}))
+    await _running(market, job_id)
+    r = await market.api("POST", f"jobs/{job_id}/cancel", token=market.alice["token"])
+    assert r.code == 200, r.body
+    assert (await market.job(job_id))["status"] == "CANCELLED"
+    async with asyncio.timeout(60):
+        while True:
+            if job_id not in market.execution.dispatcher.running:
+                break  # the task was stopped on the worker and answered
+            await asyncio.sleep(0.1)
+    assert len(await market.entries(job_id, EntryType.EARNING)) == 1
+    # Over its budget (4 s): stopped and charged the budget, 4 QU at 1 QU/s.
+    job_id = await market.create("python", encode_python_job(sleepy, (60.0,), {}), hours=4 / 3600)
+    job = await market.until(job_id, "COMPLETED", "FAILED")
+    assert job["status"] == "FAILED"
+    assert "time budget" in job["error"]
+    assert [t.amount for t in await market.entries(job_id, EntryType.EARNING)] == [4]
+    # The consumer's code raised: FAILED with its traceback, charged its time.
+    job_id = await market.create("python", encode_python_job(failing, (), {}))
+    job = await market.until(job_id, "COMPLETED", "FAILED")
+    assert job["status"] == "FAILED"
+    assert "the consumer's bug" in job["error"]
+    assert "Traceback" in job["error"]
+    # A result over max_result_bytes (1 MiB): FAILED with a clear error, the rest refunded.
+    job_id = await market.create("python", encode_python_job(huge, (), {}))
+    job = await market.until(job_id, "COMPLETED", "FAILED")
+    assert job["status"] == "FAILED"
+    assert "over the cap" in job["error"]
+    assert await market.escrow(job_id) == 0
+    await market.audit_ok()
