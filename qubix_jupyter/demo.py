@@ -32,7 +32,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -192,7 +192,7 @@ class Printer:
         self(f"[{self.elapsed:5.1f} s] {text}")
 
     def table(
-        self, header: tuple[str, ...], rows: list[tuple[str, ...]], indent: str = "  "
+        self, header: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "  "
     ) -> None:
         widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
         for row in (header, *rows):
@@ -513,7 +513,8 @@ def _show(
         event.type == "JOB_ASSIGNED" and job_id not in assigned
     ):
         assigned.add(job_id)
-        job = data.get("job") if isinstance(data.get("job"), dict) else data
+        nested = data.get("job")
+        job: dict[str, Any] = nested if isinstance(nested, dict) else data
         worker = job.get("workerId")
         price = job.get("pricePerHour")
         where = names.get(str(worker), str(worker))
