@@ -260,6 +260,10 @@ class ProviderLauncher:
             raise RuntimeError("the provider is already running; stop it first")
         self.register()
         self.find_scheduler()
+        return self.start_workers()
+
+    def start_workers(self) -> list[SharedDevice]:
+        """One worker process per registered device (after ``register`` and ``find_scheduler``)."""
         for device in self.devices:
             device.process = subprocess.Popen(
                 self.worker_command(device), env=self.worker_env(device)

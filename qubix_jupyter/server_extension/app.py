@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import datetime as dt
 import os
+from pathlib import Path
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from traitlets import (
@@ -38,6 +41,8 @@ from ..db.ledger import Ledger
 from ..db.settlement_store import SettlementStore
 from ..market.liveness import InvalidLivenessPolicy, LivenessPolicy
 from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
+from .agent import AgentService
+from .agent_endpoints import AGENT
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy, HubState
 from .execution import EXECUTION, ExecutionService
@@ -364,6 +369,30 @@ class QubixExtension(ExtensionApp):
         """,
     )
 
+    agent_market_url = Unicode(
+        "",
+        config=True,
+        help="""The market this Jupyter's agent shares the machine with (JupyterLab's Share my
+        GPU), e.g. "https://market.example/". Empty (default): this server's own market (role
+        both). Example: c.QubixExtension.agent_market_url = "https://qubix.example/"
+        """,
+    )
+
+    agent_seed_file = Unicode(
+        "",
+        config=True,
+        help="""Path of the agent's wallet seed file: the wallet that signs in to the market and
+        is paid for shared GPU time. Created (owner-only) on first share when missing. Empty
+        (default): {jupyter data dir}/qubix/agent-seed.
+        """,
+    )
+
+    agent_heartbeat_interval = Float(
+        5.0,
+        config=True,
+        help="""Seconds between the heartbeats of the agent's workers to the market.""",
+    )
+
     #: Pings of the events WebSocket (not a trait: tests and embedders may replace it).
     event_heartbeat = HeartbeatPolicy()
 
@@ -530,6 +559,8 @@ class QubixExtension(ExtensionApp):
             allowed_origins=tuple(self.allowed_origins),
             scheduler=SchedulerDirectory(self.scheduler_address),
         )
+        if self.role in AGENT:
+            services = dataclasses.replace(services, agent=self._agent())
         self.services = services
         self.execution = self._execution(services)
         if self.role in MARKET and self.serverapp is not None:
@@ -550,6 +581,22 @@ class QubixExtension(ExtensionApp):
         )
         self.log.info(
             "QUBIX %s on %s (%s)", self.role, engine.url.render_as_string(), engine.dialect.name
+        )
+
+    def _agent(self) -> AgentService:
+        seed_file = self.agent_seed_file or os.path.join(jupyter_data_dir(), "qubix", "agent-seed")
+
+        def market_url() -> str:
+            if self.agent_market_url:
+                return self.agent_market_url
+            # Loopback: the workers and the agent run on this machine, beside this server.
+            server = self.serverapp
+            return f"http://127.0.0.1:{server.port}{server.base_url}" if server else ""
+
+        return AgentService(
+            market_url=market_url,
+            seed_file=Path(os.path.expanduser(seed_file)),
+            heartbeat_interval_s=self.agent_heartbeat_interval,
         )
 
     def _security(self) -> object | None:
@@ -625,6 +672,8 @@ class QubixExtension(ExtensionApp):
 
     async def stop_extension(self) -> None:
         services = getattr(self, "services", None)
+        if services is not None and services.agent is not None:
+            await services.agent.close()  # its workers drain while the market still answers
         if services is not None:
             await services.liveness.stop()  # writes the heartbeats still buffered
             await services.jobs.stop()

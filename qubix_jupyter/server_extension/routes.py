@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from . import agent_endpoints as agent
 from . import endpoints, models
 from . import jobs_endpoints as jobs
 from . import liveness_endpoints as liveness
@@ -98,6 +99,7 @@ ROUTES: tuple[Route, ...] = (
     *wallet.ROUTES,
     *operator.ROUTES,
     *scheduler.ROUTES,
+    *agent.ROUTES,
 )
 
 

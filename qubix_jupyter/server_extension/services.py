@@ -21,6 +21,7 @@ from .scheduler_directory import SchedulerDirectory
 from .settlement import SettlementService
 
 if TYPE_CHECKING:  # liveness and jobs build on the endpoints, which import this module
+    from .agent import AgentService
     from .jobs import JobService
     from .liveness import HeartbeatBuffer
 
@@ -101,3 +102,5 @@ class Services:
     allowed_origins: tuple[str, ...]
     #: Where providers' workers reach the scheduler (``GET scheduler``); set once it listens.
     scheduler: SchedulerDirectory = dataclasses.field(default_factory=SchedulerDirectory)
+    #: The local agent (roles agent and both): sharing this machine from the Lab.
+    agent: AgentService | None = None
