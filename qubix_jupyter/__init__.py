@@ -24,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name == "embedded_market":  # the notebooks' local market (qubix_jupyter.embedded)
+        from .embedded import embedded_market
+
+        return embedded_market
     raise AttributeError(f"module 'qubix_jupyter' has no attribute {name!r}")
 
 

@@ -47,6 +47,25 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if run_demo(args.database_url, postgres=args.postgres) else 1
 
 
+def _embedded(args: argparse.Namespace) -> int:
+    from . import embedded
+
+    if args.stop:
+        stopped = embedded.stop(args.home)
+        print("embedded market stopped" if stopped else "no embedded market was running")
+        return 0
+    if args.background:
+        try:
+            market = embedded.embedded_market(args.home)
+        except RuntimeError as exc:
+            print(f"qubix: {exc}", file=sys.stderr)
+            return 1
+        print(market)
+        print(f"your wallet: {market.seed_file}")
+        return 0
+    return embedded.serve(args.home)
+
+
 def _serve(args: argparse.Namespace) -> int:
     """A Jupyter server whose only job is the market: the qubix extension, no browser."""
     from jupyter_server.serverapp import ServerApp
@@ -134,6 +153,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a throwaway PostgreSQL cluster instead of a temporary SQLite file",
     )
     demo.set_defaults(func=_demo)
+
+    embedded = commands.add_parser(
+        "embedded",
+        help="a market with two local providers and a wallet for you, for the notebooks",
+    )
+    embedded.add_argument(
+        "--home",
+        default=None,
+        help="where its database, wallets and state live (default: $QUBIX_EMBEDDED_HOME, "
+        "else ~/.qubix/embedded)",
+    )
+    action = embedded.add_mutually_exclusive_group()
+    action.add_argument(
+        "--background",
+        action="store_true",
+        help="start it detached (unless one runs already), wait until it is ready, print its URL",
+    )
+    action.add_argument("--stop", action="store_true", help="stop the one running")
+    embedded.set_defaults(func=_embedded)
 
     serve = commands.add_parser(
         "serve", help="run the market server (a Jupyter server with the qubix extension)"
