@@ -22,9 +22,9 @@ from .models import Account, IdempotencyKey, Job, Provider, Transaction
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
 CANDIDATES = 200
-#: A provider with a job in one of these states is busy, whatever its flags say: heartbeats
-#: rewrite ``is_available``/``current_job_id`` as the worker sees them, the jobs table is the
-#: market's own record.
+#: A provider with a job in one of these states is busy, whatever its flags say: the jobs table
+#: is the market's own record, the flags (which a provider may also change by hand) only mirror
+#: it.
 _ACTIVE = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 
 

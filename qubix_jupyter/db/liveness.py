@@ -7,7 +7,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Collection, Iterable, Sequence
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, case, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.states import JobStatus
@@ -28,17 +28,19 @@ class ProviderFlags:
     worker_id: str
     is_online: bool
     is_available: bool
+    #: The job the market assigned it (the market's own column: heartbeats never write it).
+    current_job_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class HeartbeatWrite:
-    """One provider's row after its latest heartbeat."""
+    """One provider's row after its latest heartbeat (``current_job_id`` is not a heartbeat's
+    to write: the market sets it at assignment and clears it when the job ends)."""
 
     provider_id: str
     last_heartbeat: dt.datetime
     is_online: bool
     is_available: bool
-    current_job_id: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +60,11 @@ async def flags_of(session: AsyncSession, provider_ids: Sequence[str]) -> dict[s
     for chunk in _chunks(provider_ids):
         rows = await session.execute(
             select(
-                Provider.id, Provider.worker_id, Provider.is_online, Provider.is_available
+                Provider.id,
+                Provider.worker_id,
+                Provider.is_online,
+                Provider.is_available,
+                Provider.current_job_id,
             ).where(Provider.id.in_(chunk))
         )
         for row in rows:
@@ -67,7 +73,12 @@ async def flags_of(session: AsyncSession, provider_ids: Sequence[str]) -> dict[s
 
 
 async def write_heartbeats(session: AsyncSession, writes: Sequence[HeartbeatWrite]) -> None:
-    """One UPDATE statement executed for every row (``executemany``)."""
+    """One UPDATE statement executed for every row (``executemany``).
+
+    A row that holds a job when the UPDATE runs keeps ``is_available`` as it is: an
+    assignment committed between the flush's read of the flags and this write must not be
+    undone by a heartbeat sent before the worker knew of it.
+    """
     if not writes:
         return
     table = Provider.__table__
@@ -77,8 +88,10 @@ async def write_heartbeats(session: AsyncSession, writes: Sequence[HeartbeatWrit
         .values(
             last_heartbeat=bindparam("b_last_heartbeat"),
             is_online=bindparam("b_is_online"),
-            is_available=bindparam("b_is_available"),
-            current_job_id=bindparam("b_current_job_id"),
+            is_available=case(
+                (table.c.current_job_id.is_(None), bindparam("b_is_available")),
+                else_=table.c.is_available,
+            ),
         )
     )
     await session.execute(
@@ -89,7 +102,6 @@ async def write_heartbeats(session: AsyncSession, writes: Sequence[HeartbeatWrit
                 "b_last_heartbeat": w.last_heartbeat,
                 "b_is_online": w.is_online,
                 "b_is_available": w.is_available,
-                "b_current_job_id": w.current_job_id,
             }
             for w in writes
         ],

@@ -45,11 +45,20 @@ def status_of(is_online: bool, is_available: bool) -> ProviderStatus:
     return ProviderStatus.ONLINE if is_available else ProviderStatus.BUSY
 
 
-def flags_after(status: ProviderStatus, is_available: bool) -> tuple[bool, bool]:
+def flags_after(
+    status: ProviderStatus, is_available: bool, *, holds_job: bool = False
+) -> tuple[bool, bool]:
     """``(is_online, is_available)`` of a provider that reported ``status`` (offline keeps the
-    availability it had: going offline is not a change of mind about taking jobs)."""
+    availability it had: going offline is not a change of mind about taking jobs).
+
+    A provider the market gave a job (``holds_job``) stays unavailable whatever it reports:
+    only the job's end frees it, so a worker that has not started the job yet, or reports a
+    stale view, cannot be given a second one.
+    """
     if status is ProviderStatus.OFFLINE:
         return False, is_available
+    if holds_job:
+        return True, False
     return True, status is ProviderStatus.ONLINE
 
 

@@ -4,9 +4,11 @@ each.
 A heartbeat request only :meth:`HeartbeatBuffer.record`\\s the provider's latest heartbeat in
 memory (a newer one replaces it). Every ``flush_interval`` seconds one transaction writes them
 all: one UPDATE of ``providers`` executed for every row (``last_heartbeat``, ``is_online``,
-``is_available``, ``current_job_id``) and the INSERT of the ``provider_metrics`` samples that
-are due (one per provider per ``metrics_sample_seconds``). After the commit it broadcasts each
-provider's GPU_METRICS_UPDATE and every status change (``provider_events``).
+``is_available``) and the INSERT of the ``provider_metrics`` samples that are due (one per
+provider per ``metrics_sample_seconds``). ``current_job_id`` is the market's: a heartbeat never
+writes it, and its ``status`` cannot make a provider holding a job available (the job's end
+does). After the commit it broadcasts each provider's GPU_METRICS_UPDATE and every status
+change (``provider_events``).
 
 Every ``heartbeat_interval`` seconds the monitor takes offline each online provider silent for
 more than ``missed_heartbeats × heartbeat_interval`` (whose fresh heartbeat is not waiting in the
@@ -160,11 +162,11 @@ class HeartbeatBuffer:
                 before = flags.get(provider_id)
                 if before is None:
                     continue  # no such provider any more
-                is_online, is_available = flags_after(beat.status, before.is_available)
+                is_online, is_available = flags_after(
+                    beat.status, before.is_available, holds_job=before.current_job_id is not None
+                )
                 writes.append(
-                    db.HeartbeatWrite(
-                        provider_id, beat.received_at, is_online, is_available, beat.current_job
-                    )
+                    db.HeartbeatWrite(provider_id, beat.received_at, is_online, is_available)
                 )
                 if self.policy.sample_due(self._sampled.get(provider_id), beat.received_at):
                     samples.append(_sample(beat))
