@@ -77,9 +77,13 @@ async def _session(url: str, client: Client, gate: asyncio.Semaphore) -> bool:
         now_ms = time.time() * 1000
         frame = json.loads(message)
         kind = frame.get("type")
-        if kind == "ERROR":
+        if kind in ("error", "ERROR"):
+            # the subscribe was refused (e.g. 503 while the server's database pool is
+            # exhausted): as a real client, drop the connection and resume on a new one
             client.errors += 1
-            continue
+            ws.close()
+            client.ws = None
+            return True
         client.last_seq = frame["seq"]
         if kind == "SUBSCRIBED":
             client.subscribed_at.append(time.monotonic())
