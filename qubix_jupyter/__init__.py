@@ -44,3 +44,8 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .server_extension.app import QubixExtension
 
     return [{"module": "qubix_jupyter.server_extension.app", "app": QubixExtension}]
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt QUBIX sidebar, for JupyterLab (the wheel installs it enabled)."""
+    return [{"src": "labextension", "dest": "qubix-jupyter"}]
