@@ -5,9 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_postgres=0
+want_browser=0
 for arg in "$@"; do
   case "$arg" in
     --postgres) want_postgres=1 ;;
+    --browser) want_browser=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -60,4 +62,23 @@ if [ "$want_postgres" -eq 1 ]; then
     fi
   fi
   .venv/bin/python -c 'from qubix_jupyter.db.pg_cluster import find_bindir; print("setup: PostgreSQL binaries in", find_bindir())'
+fi
+
+if [ "$want_browser" -eq 1 ]; then
+  if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing Debian's Chromium for the Lab browser test"
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+      echo "setup.sh: install Chromium as /usr/bin/chromium for the Lab browser test" >&2
+      exit 1
+    fi
+  fi
+  built=qubix_jupyter/labextension/static/style.js
+  newest_source=$(find labextension/src labextension/style labextension/schema labextension/package.json -newer "$built" 2>/dev/null | head -n 1 || true)
+  if [ ! -f "$built" ] || [ -n "$newest_source" ] || [ ! -d labextension/node_modules ]; then
+    echo "setup: building the Lab extension (jlpm)"
+    (cd labextension && PATH="$PWD/../.venv/bin:$PATH" jlpm install && PATH="$PWD/../.venv/bin:$PATH" jlpm build:prod)
+  fi
 fi

@@ -3,7 +3,7 @@
 # Extra arguments go to pytest. pytest's "no tests collected" (exit 5) is a failure here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh --postgres
+bash scripts/setup.sh --postgres --browser
 .venv/bin/ruff check qubix_jupyter tests benchmarks
 .venv/bin/ruff format --check qubix_jupyter tests benchmarks
 set +e

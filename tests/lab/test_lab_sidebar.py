@@ -1,0 +1,172 @@
+"""The QUBIX sidebar in a real JupyterLab, driven in Debian's headless Chromium: open it, Share
+my GPU until online (the market lists the provider online, so its worker joined the scheduler),
+stop sharing until offline; an axe-core audit finds no serious or critical violation. A
+screenshot of the panel in each state goes to tests/artifacts/lab/ (printed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+AXE = ROOT / "labextension" / "node_modules" / "axe-core" / "axe.min.js"
+BUILT = ROOT / "qubix_jupyter" / "labextension" / "package.json"
+ARTIFACTS = ROOT / "tests" / "artifacts" / "lab"
+TOKEN = "qubix-lab-test-token"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _require(path: Path, what: str) -> None:
+    if path.exists():
+        return
+    message = f"{what} is missing ({path}): run scripts/setup.sh --browser"
+    if os.environ.get("QUBIX_ALLOW_NO_BROWSER") == "1":
+        pytest.skip(message)
+    pytest.fail(message + " (or set QUBIX_ALLOW_NO_BROWSER=1 to skip the browser test locally)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[str]:
+    """``jupyter lab`` with the market and the agent in one server (role both)."""
+    _require(CHROMIUM, "Debian's Chromium")
+    _require(BUILT, "the built Lab extension")
+    _require(AXE, "axe-core (labextension/node_modules)")
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps(
+            {
+                "IdentityProvider": {"token": TOKEN},
+                "ServerApp": {"jpserver_extensions": {"qubix_jupyter": True}},
+                "QubixExtension": {
+                    "role": "both",
+                    "database_url": f"sqlite:///{tmp_path / 'market.db'}",
+                    "agent_seed_file": str(tmp_path / "agent-seed"),
+                    "agent_heartbeat_interval": 1.0,
+                },
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(config),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+    }
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={tmp_path}",
+    ]
+    if os.geteuid() == 0:
+        command.append("--allow-root")
+    log = (tmp_path / "lab.log").open("w")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, (tmp_path / "lab.log").read_text()[-4000:]
+            try:
+                if httpx.get(base + "qubix/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "lab.log").read_text()[-4000:]
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _agent(base: str, path: str) -> dict:
+    answer = httpx.get(
+        base + "qubix/api/" + path, headers={"Authorization": f"token {TOKEN}"}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_share_my_gpu_from_the_lab_sidebar(lab: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots of the QUBIX panel: {ARTIFACTS}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{lab}lab?token={TOKEN}")
+            tab = page.locator('.jp-SideBar [data-id="qubix-panel"]')
+            tab.wait_for(timeout=120_000)
+            tab.click()
+            panel = page.locator("#qubix-panel")
+            expect(panel).to_have_attribute("data-state", "idle", timeout=30_000)
+            expect(panel.get_by_text("Online offers")).to_be_visible(timeout=30_000)
+            panel.screenshot(path=str(ARTIFACTS / "idle.png"))
+
+            page.add_script_tag(path=str(AXE))
+            audit = page.evaluate("async () => (await axe.run('#qubix-panel')).violations")
+            serious = [v for v in audit if v["impact"] in {"serious", "critical"}]
+            assert not serious, json.dumps(serious, indent=1)[:4000]
+
+            # Keyboard: the price field and the buttons are reachable and labelled.
+            price = page.get_by_label("Price (QU per GPU-hour)")
+            price.fill("12")
+            page.get_by_role("button", name="Share my GPU").focus()
+            page.keyboard.press("Enter")
+            expect(panel).to_have_attribute("data-state", "online", timeout=180_000)
+            panel.screenshot(path=str(ARTIFACTS / "online.png"))
+            expect(page.locator(".qx-statusbar")).to_contain_text("online")
+
+            status = _agent(lab, "agent/status")
+            listed = httpx.get(f"{lab}qubix/api/providers/{status['workerId']}").json()
+            assert listed["isOnline"] is True
+            assert listed["pricePerHour"] == 12
+
+            page.get_by_role("button", name="Stop sharing").click()
+            expect(panel).to_have_attribute("data-state", "idle", timeout=90_000)
+            panel.screenshot(path=str(ARTIFACTS / "stopped.png"))
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{lab}qubix/api/providers/{status['workerId']}").json()["isOnline"]:
+                assert time.monotonic() < deadline, "the provider stayed online after stop"
+                time.sleep(0.3)
+        finally:
+            browser.close()
