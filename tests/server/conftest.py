@@ -159,11 +159,20 @@ async def login(api: Api, seed: str = SEED_ALICE) -> dict[str, Any]:
     return body_of(connected)  # type: ignore[no-any-return]
 
 
-def execute_sql(url: str, statement: str, **params: Any) -> None:
-    """Change the database behind the server's back (expire a challenge or token)."""
-    engine = create_engine(sync_url(url), poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text(statement), params)
-    finally:
-        engine.dispose()
+async def execute_sql(url: str, statement: str, **params: Any) -> None:
+    """Change the database behind the server's back (expire a challenge or token).
+
+    In a thread: the server runs on the test's event loop, and a blocking write there would
+    keep the server's own open SQLite transaction (the liveness flush, the assigner) from ever
+    finishing, so both would wait on the file's lock until it timed out.
+    """
+
+    def execute() -> None:
+        engine = create_engine(sync_url(url), poolclass=NullPool)
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(statement), params)
+        finally:
+            engine.dispose()
+
+    await asyncio.to_thread(execute)

@@ -113,7 +113,7 @@ async def test_a_challenge_is_single_use(api: Api):
 
 async def test_an_expired_or_unknown_challenge_is_401(api: Api, database_url: DatabaseURL):
     challenge = await _challenge(api)
-    execute_sql(database_url.url, "UPDATE login_challenges SET expires_at = :t", t=PAST)
+    await execute_sql(database_url.url, "UPDATE login_challenges SET expires_at = :t", t=PAST)
     body = {"qubicAddress": ALICE, "challenge": challenge, "signature": sign(SEED_ALICE, challenge)}
     expired = await api("POST", "wallet/connect", json_body=body)
     assert expired.code == 401
@@ -176,7 +176,7 @@ async def test_no_invalid_or_revoked_token_is_401(api: Api):
 
 async def test_an_expired_token_is_401(api: Api, database_url: DatabaseURL):
     session = await login(api)
-    execute_sql(database_url.url, "UPDATE api_tokens SET expires_at = :t", t=PAST)
+    await execute_sql(database_url.url, "UPDATE api_tokens SET expires_at = :t", t=PAST)
     assert (await api("GET", "me", token=session["token"])).code == 401
 
 

@@ -100,7 +100,7 @@ async def test_an_unexpected_error_is_a_generic_500_that_is_logged(
     api: Api, database_url: DatabaseURL, caplog: pytest.LogCaptureFixture
 ):
     # the server's database loses a table behind its back: not the client's fault
-    execute_sql(database_url.url, "DROP TABLE login_challenges")
+    await execute_sql(database_url.url, "DROP TABLE login_challenges")
     with caplog.at_level(logging.ERROR):
         response = await api("POST", "auth/challenge", json_body={"qubicAddress": ALICE})
     assert response.code == 500

@@ -75,12 +75,12 @@ class Market:
         )
         assert r.code == 200, r.body
         if online:
-            self.set_provider(worker_id, is_online=True)
+            await self.set_provider(worker_id, is_online=True)
         return body_of(r)["workerToken"]  # type: ignore[no-any-return]
 
-    def set_provider(self, worker_id: str, **columns: Any) -> None:
+    async def set_provider(self, worker_id: str, **columns: Any) -> None:
         assignments = ", ".join(f"{column} = :{column}" for column in columns)
-        execute_sql(
+        await execute_sql(
             self.url.url,
             f"UPDATE providers SET {assignments} WHERE worker_id = :w",
             w=worker_id,
@@ -139,10 +139,10 @@ class Market:
             assert job is not None
             return job
 
-    def backdate(self, job_id: str, *, seconds: int) -> None:
+    async def backdate(self, job_id: str, *, seconds: int) -> None:
         """Move the job's clock back, as if it had started ``seconds`` ago."""
         earlier = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)
-        execute_sql(
+        await execute_sql(
             self.url.url,
             "UPDATE jobs SET created_at = :t, assigned_at = :t, started_at = CASE "
             "WHEN started_at IS NULL THEN NULL ELSE :t END WHERE id = :j",
@@ -368,7 +368,7 @@ async def test_full_lifecycle_pays_the_provider_and_refunds_the_rest(market: Mar
     assert row.started_at is not None
     assert body_of(await market.worker("GET", "jobs/pending/bob-1")) == []
 
-    market.backdate(job_id, seconds=900)  # a quarter of an hour: 10 QU at 40 QU/h
+    await market.backdate(job_id, seconds=900)  # a quarter of an hour: 10 QU at 40 QU/h
     done = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE, key="done-1")
     assert done.code == 200, done.body
     payment = body_of(done)["payment"]
@@ -416,7 +416,7 @@ async def test_full_lifecycle_pays_the_provider_and_refunds_the_rest(market: Mar
 
 async def test_a_failed_job_is_charged_its_time(market: Market):
     job_id = body_of(await market.create(computeNeeded=1, maxPrice=40))["job"]["id"]
-    market.backdate(job_id, seconds=1800)
+    await market.backdate(job_id, seconds=1800)
     failed = {**COMPLETE, "status": "failed", "result": None, "error": "ZeroDivisionError"}
     r = await market.worker("POST", f"jobs/{job_id}/complete", failed)
     assert r.code == 200, r.body
@@ -431,7 +431,7 @@ async def test_a_failed_job_is_charged_its_time(market: Market):
 
 async def test_a_job_over_its_budget_is_charged_the_budget(market: Market):
     job_id = body_of(await market.create(computeNeeded=0.25, maxPrice=40))["job"]["id"]
-    market.backdate(job_id, seconds=7200)
+    await market.backdate(job_id, seconds=7200)
     r = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
     assert body_of(r)["payment"] == {
         "cost": 10,
@@ -487,7 +487,7 @@ async def test_cancel_a_running_job_charges_time_used(market: Market):
         f"jobs/{job_id}/progress",
         {"workerId": "bob-1", "progress": 5, "timestamp": "2026-01-01T00:00:00+00:00"},
     )
-    market.backdate(job_id, seconds=900)
+    await market.backdate(job_id, seconds=900)
     token = market.alice["token"]
     bob = await market.api("POST", f"jobs/{job_id}/cancel", token=market.bob["token"])
     assert bob.code == 403
@@ -531,7 +531,7 @@ async def test_a_waiting_job_is_assigned_when_a_provider_comes_online(
 ):
     market = await make_market(online=False)
     job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
-    market.set_provider("bob-1", is_online=True)
+    await market.set_provider("bob-1", is_online=True)
     await services.jobs.sweep()
     row = await market.job_row(job_id)
     assert row.status.value == "ASSIGNED"
@@ -661,7 +661,7 @@ async def test_the_lifecycle_is_published(
         await subscribed(alice, f"job:{job_id}")
         await subscribed(public, "marketplace")
 
-        market.set_provider("bob-1", is_online=True)
+        await market.set_provider("bob-1", is_online=True)
         await services.jobs.sweep()
         released = await frame_of(alice, "BALANCE_CHANGED")
         assert released["data"]["change"] == 60
@@ -680,7 +680,7 @@ async def test_the_lifecycle_is_published(
         reported = await frame_of(alice, "JOB_PROGRESS")
         assert reported["data"] == {"jobId": job_id, "progress": 30, "status": "RUNNING"}
 
-        market.backdate(job_id, seconds=900)
+        await market.backdate(job_id, seconds=900)
         done = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
         cost = body_of(done)["payment"]["cost"]
         refunded = await frame_of(alice, "BALANCE_CHANGED")
@@ -703,7 +703,7 @@ async def test_the_lifecycle_is_published(
 @pytest.mark.parametrize("qubix_config", [{"platform_fee_bps": 2500}])
 async def test_the_platform_fee_comes_out_of_the_providers_pay(market: Market):
     job_id = body_of(await market.create(computeNeeded=1, maxPrice=40))["job"]["id"]
-    market.backdate(job_id, seconds=3600)
+    await market.backdate(job_id, seconds=3600)
     payment = body_of(await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE))["payment"]
     assert payment == {"cost": 40, "providerEarning": 30, "platformFee": 10, "refund": 0}
     assert await market.balance(market.bob_id) == 30
@@ -726,7 +726,7 @@ async def test_a_provider_with_a_job_is_busy_whatever_its_flags_say(market: Mark
     first = body_of(await market.create())["job"]
     assert first["status"] == "ASSIGNED"
     # A heartbeat rewrites the flags as the worker sees them; the job is still the market's.
-    market.set_provider("bob-1", is_available=True, current_job_id=None)
+    await market.set_provider("bob-1", is_available=True, current_job_id=None)
     second = body_of(await market.create())["job"]
     assert second["status"] == "PENDING"
     await market.services.jobs.sweep()

@@ -64,9 +64,9 @@ async def register(api: Api, token: str, body: dict[str, Any]) -> dict[str, Any]
     return body_of(response)  # type: ignore[no-any-return]
 
 
-def set_state(url: str, worker_id: str, **columns: Any) -> None:
+async def set_state(url: str, worker_id: str, **columns: Any) -> None:
     assignments = ", ".join(f"{column} = :{column}" for column in columns)
-    execute_sql(
+    await execute_sql(
         url, f"UPDATE providers SET {assignments} WHERE worker_id = :w", w=worker_id, **columns
     )
 
@@ -205,7 +205,7 @@ async def market(api: Api, database_url: DatabaseURL) -> dict[str, str]:
         await register(
             api, token, offer(worker, address, gpu=gpu, pricePerHour=price, location=location)
         )
-        set_state(
+        await set_state(
             database_url.url,
             worker,
             performance_tflops=tflops,
