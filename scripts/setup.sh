@@ -81,4 +81,12 @@ if [ "$want_browser" -eq 1 ]; then
     echo "setup: building the Lab extension (jlpm)"
     (cd labextension && PATH="$PWD/../.venv/bin:$PATH" jlpm install && PATH="$PWD/../.venv/bin:$PATH" jlpm build:prod)
   fi
+  # An editable install copies the built extension only if it existed at install time; link the
+  # build instead, so JupyterLab in .venv always serves the extension as built now.
+  target=.venv/share/jupyter/labextensions/qubix-jupyter
+  if [ ! -L "$target" ]; then
+    rm -rf "$target"
+    mkdir -p "$(dirname "$target")"
+    ln -s "$PWD/qubix_jupyter/labextension" "$target"
+  fi
 fi

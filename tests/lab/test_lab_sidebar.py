@@ -65,7 +65,6 @@ def lab(tmp_path: Path) -> Iterator[str]:
                 "ServerApp": {"jpserver_extensions": {"qubix_jupyter": True}},
                 "QubixExtension": {
                     "role": "both",
-                    "database_url": f"sqlite:///{tmp_path / 'market.db'}",
                     "agent_seed_file": str(tmp_path / "agent-seed"),
                     "agent_heartbeat_interval": 1.0,
                 },
@@ -75,10 +74,13 @@ def lab(tmp_path: Path) -> Iterator[str]:
     env = {
         **os.environ,
         "JUPYTER_CONFIG_DIR": str(config),
+        # The embedded default a new user gets: SQLite under the data dir, migrated at start.
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
         "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
         "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
     }
+    env.pop("QUBIX_DATABASE_URL", None)
     port = _free_port()
     command = [
         sys.executable,
