@@ -218,8 +218,13 @@ export class QubixPanel extends Widget {
   }
 
   private _show(status: AgentStatus | null): void {
+    const previous = this._status ? this._status.state : null;
     this._status = status;
     const state = status ? status.state : 'no-agent';
+    if (previous !== null && previous !== state) {
+      // Our own offer coming online (or leaving) changes the marketplace summary too.
+      void this._refreshMarket();
+    }
     this._state.textContent = STATE_LABELS[state] ?? state;
     this._state.dataset.state = state;
     this.node.dataset.state = state;

@@ -155,6 +155,10 @@ def test_share_my_gpu_from_the_lab_sidebar(lab: str) -> None:
             page.get_by_role("button", name="Share my GPU").focus()
             page.keyboard.press("Enter")
             expect(panel).to_have_attribute("data-state", "online", timeout=180_000)
+            # The summary counts our own offer once it is online (one provider in this market).
+            expect(panel.locator("dt:text-is('Online offers') + dd")).to_have_text(
+                "1", timeout=30_000
+            )
             panel.screenshot(path=str(ARTIFACTS / "online.png"))
             expect(page.locator(".qx-statusbar")).to_contain_text("online")
 
