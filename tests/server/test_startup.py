@@ -15,6 +15,7 @@ from qubix_jupyter.db import migrate
 from qubix_jupyter.market.errors import SchemaOutOfDate
 from qubix_jupyter.server_extension.app import QubixExtension
 from qubix_jupyter.server_extension.auth import AuthService
+from qubix_jupyter.server_extension.routes import ROUTES
 
 from ..conftest import DatabaseURL
 from .conftest import Api, body_of, login
@@ -76,7 +77,10 @@ class TestAgentRole:
         health = await api("GET", "health")
         assert body_of(health)["role"] == "agent"
         paths = set(body_of(await api("GET", "openapi.json"))["paths"])
-        assert paths == {"/health", "/openapi.json"}
+        # Only what an agent is for: health, the document, and its own agent/* routes.
+        assert paths == {"/" + r.openapi_path for r in ROUTES if "agent" in r.roles}
+        assert {"/health", "/openapi.json", "/agent/status", "/agent/share"} <= paths
+        assert not {p for p in paths if p.split("/")[1] in {"providers", "jobs", "wallet", "me"}}
         assert (await api("GET", "me")).code == 404
 
 
