@@ -1,10 +1,15 @@
 """Running one job on the provider's machine: in a child process, within its limits.
 
 Consumer code is foreign code (README, trust model), so a job never runs in the worker itself:
-:func:`run_job` starts a fresh interpreter (multiprocessing ``spawn``) that lowers its own data
-limit, looks up the job's kind among the ``qubix.job_kinds`` entry points, runs it and sends back
-the pickled result, progress along the way, or the failure as text. The worker only waits on a
-pipe, so a job that crashes, loops forever or eats memory costs the job, never the worker.
+:func:`run_job` hands it to a fresh interpreter (multiprocessing ``spawn``) that lowers its own
+data limit, looks up the job's kind among the ``qubix.job_kinds`` entry points, runs it and sends
+back the pickled result, progress along the way, or the failure as text. The worker only waits on
+a pipe, so a job that crashes, loops forever or eats memory costs the job, never the worker.
+
+An interpreter takes most of a second to start, more than many jobs run. So a worker keeps one
+child started ahead (:class:`Standby`): it has booted and imported the runner, and waits for a
+job. A job takes it, and the next one is started at once in the background. A child still runs
+exactly one job and exits; none is ever reused, so no job sees what another left behind.
 
 The result stays pickled bytes all the way to the consumer: the worker and the market never
 unpickle what consumer code produced.
@@ -16,6 +21,7 @@ import dataclasses
 import importlib.metadata
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
@@ -106,8 +112,15 @@ def _limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _die_with(parent: int, limits: JobLimits) -> None:
-    """End this child when its worker dies or its budget is long past, even unattended.
+class _Deadline:
+    """When the child must be gone at the latest: none while it waits, set when a job arrives."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+
+def _die_with(parent: int) -> _Deadline:
+    """End this child when its worker dies or its job's budget is long past, even unattended.
 
     The worker enforces the budget while it lives; a worker killed outright (SIGKILL, OOM
     killer) cannot, and consumer code must not outlive it on the provider's machine.
@@ -120,26 +133,33 @@ def _die_with(parent: int, limits: JobLimits) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):  # no prctl here: the watchdog below still holds
             pass
-    deadline = time.monotonic() + limits.time_budget_s + 2 * _GRACE_S
+    deadline = _Deadline()
 
     def watch() -> None:
-        while os.getppid() == parent and time.monotonic() < deadline:
+        while os.getppid() == parent and (deadline.at is None or time.monotonic() < deadline.at):
             time.sleep(_POLL_S * 5)
         os._exit(_ORPHANED_EXIT)
 
     threading.Thread(target=watch, name="qubix-job-watchdog", daemon=True).start()
+    return deadline
 
 
-def _child(conn: Connection, kind_name: str, payload: Any, limits: JobLimits, parent: int) -> None:
-    """The job's process: every outcome becomes one final message on ``conn``."""
-    _die_with(parent, limits)
+def _child(conn: Connection, parent: int) -> None:
+    """The job's process: boot, wait for one job, and answer it with one final message."""
+    deadline = _die_with(parent)
+    import cloudpickle  # what every result is sent back with; loaded before the job arrives
+
+    job_kinds()  # the installed distributions' metadata, read once while waiting
+    try:
+        kind_name, payload, limits = conn.recv()
+    except (EOFError, OSError):  # the worker closed this standby without a job
+        return
+    deadline.at = time.monotonic() + limits.time_budget_s + 2 * _GRACE_S
     progress_module.install(lambda fraction: conn.send(("progress", fraction)))
     try:
         _limit_memory(limits.memory_limit_bytes)
         kind = load_kind(kind_name)
         result = kind(payload)
-        import cloudpickle
-
         data = cloudpickle.dumps(result)
         del result
         if len(data) > limits.max_result_bytes:
@@ -159,12 +179,110 @@ def _child(conn: Connection, kind_name: str, payload: Any, limits: JobLimits, pa
 # ---------------------------------------------------------------------------- the parent
 
 
+_Started = tuple[multiprocessing.process.BaseProcess, Connection]
+
+
+def _spawn() -> _Started:
+    """A fresh interpreter running :func:`_child`, and our end of its pipe."""
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe(duplex=True)
+    process = context.Process(
+        target=_child, args=(theirs, os.getpid()), name="qubix-job", daemon=True
+    )
+    process.start()
+    theirs.close()  # the child holds the only other end: EOF means it is gone
+    return process, ours
+
+
 def _stop(process: multiprocessing.process.BaseProcess) -> None:
     process.terminate()
     process.join(_GRACE_S)
     if process.is_alive():
         process.kill()
         process.join()
+
+
+def _discard(started: _Started) -> None:
+    """Close a child that took no job: it sees the pipe close and exits."""
+    process, conn = started
+    conn.close()
+    process.join(_GRACE_S)
+    if process.is_alive():
+        _stop(process)
+
+
+class Standby:
+    """One child started ahead of the next job.
+
+    Children are started from this object's own thread, which lives as long as it does: Linux
+    sends the parent-death signal when the *thread* that started a child ends, and a task's
+    thread may end while the child it started waits. :meth:`take` hands the waiting child over
+    (None when none is ready yet: the caller starts one itself) and starts the next.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: _Started | None = None
+        self._closed = False
+        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._fill, name="qubix-job-standby", daemon=True)
+        self._thread.start()
+        self._wake.put(True)
+
+    def _fill(self) -> None:
+        while self._wake.get():
+            with self._lock:
+                if self._closed:
+                    return
+                if self._ready is not None:
+                    continue
+            started = _spawn()
+            with self._lock:
+                if self._closed or self._ready is not None:
+                    spare = started
+                else:
+                    self._ready, spare = started, None
+            if spare is not None:
+                _discard(spare)
+
+    def take(self) -> _Started | None:
+        with self._lock:
+            ready, self._ready = self._ready, None
+        self._wake.put(True)
+        if ready is not None and not ready[0].is_alive():  # it died waiting (the OOM killer)
+            _discard(ready)
+            return None
+        return ready
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ready, self._ready = self._ready, None
+        self._wake.put(False)
+        if ready is not None:
+            _discard(ready)
+        self._thread.join(_GRACE_S * 5)
+
+
+_standby: Standby | None = None
+_standby_lock = threading.Lock()
+
+
+def standby() -> Standby:
+    """This process's :class:`Standby`, started on first use (a worker starts it at setup)."""
+    global _standby
+    with _standby_lock:
+        if _standby is None:
+            _standby = Standby()
+        return _standby
+
+
+def close_standby() -> None:
+    global _standby
+    with _standby_lock:
+        found, _standby = _standby, None
+    if found is not None:
+        found.close()
 
 
 def run_job(
@@ -174,6 +292,7 @@ def run_job(
     *,
     on_progress: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    warm: bool = True,
 ) -> JobResult:
     """Run ``payload`` as a job of ``kind`` in a child process; blocks until it ends.
 
@@ -181,23 +300,24 @@ def run_job(
     ``should_stop`` is asked while waiting; True stops the child (a cancelled job) and raises
     JobProcessDied with ``details["stopped"] = True``. Failures raise the typed errors of
     :mod:`.errors`; the consumer's exception comes back as JobCodeFailed with its traceback.
+    ``warm``: take this process's standby child when one is ready (and leave the next one
+    started); False starts a child for this job only.
     """
     if kind not in job_kinds():
         raise UnknownJobKind(
             f"no runner for job kind {kind!r}", kind=kind, known=sorted(job_kinds())
         )
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_child,
-        args=(sender, kind, payload, limits, os.getpid()),
-        name=f"qubix-job-{kind}",
-        daemon=True,
-    )
     started = time.monotonic()
     deadline = started + limits.time_budget_s
-    process.start()
-    sender.close()  # the child holds the only writing end: EOF means it is gone
+    process, receiver = (standby().take() if warm else None) or _spawn()
+    try:
+        receiver.send((kind, payload, limits))
+    except OSError as exc:  # it died before it could take the job
+        _discard((process, receiver))
+        raise JobProcessDied(
+            f"the job's process ended before it took the job (exit status {process.exitcode})",
+            exitCode=process.exitcode,
+        ) from exc
     last = -1.0
     final: tuple[Any, ...] | None = None
     try:

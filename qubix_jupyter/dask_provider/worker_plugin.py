@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from . import runners
 from .scheduler import PROGRESS_TOPIC, TOKEN_KEY
 
 if TYPE_CHECKING:
@@ -181,8 +182,10 @@ class QubixWorkerPlugin(WorkerPlugin):
         self._worker = worker
         self._gpu_slots = worker.state.total_resources.get("GPU")
         self._task = asyncio.ensure_future(self._beat_forever())
+        runners.standby()  # the first job's child starts now, not when the job arrives
 
     async def teardown(self, worker: Worker) -> None:
+        runners.close_standby()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pickle
 import sys
+from pathlib import Path
 
 import pytest
 
-from qubix_jupyter.dask_provider import kinds
+from qubix_jupyter.dask_provider import kinds, runners
 from qubix_jupyter.dask_provider.errors import (
     InvalidPayload,
     JobCodeFailed,
@@ -224,3 +227,107 @@ def test_a_job_does_not_outlive_its_killed_worker(tmp_path) -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def _children(pid: int) -> set[int]:
+    """The job children of ``pid``: its spawned interpreters, not multiprocessing helpers."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.add(int(child))
+    return found
+
+
+def _wait_for(what: str, check, timeout: float = 60):  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+    return found
+
+
+def _identity() -> tuple[int, float, bool]:
+    import builtins
+    import os
+
+    import psutil
+
+    leaked = hasattr(builtins, "qubix_left_behind")
+    builtins.qubix_left_behind = True  # type: ignore[attr-defined]
+    return os.getpid(), psutil.Process().create_time(), leaked
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_job_takes_a_child_started_ahead_and_no_child_runs_two_jobs() -> None:
+    import time
+
+    runners.close_standby()
+    before = _children(os.getpid())
+    try:
+        runners.standby()
+        _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+        time.sleep(0.2)  # it is handed over once its start returned, a moment after it appears
+        asked = time.time()
+        first_pid, first_created, first_leaked = pickle.loads(
+            run_job("python", kinds.python_payload(_identity), LIMITS).data
+        )
+        assert first_created < asked  # started before the job was asked for: the warm child
+        assert not first_leaked
+        second_pid, _created, second_leaked = pickle.loads(
+            run_job("python", kinds.python_payload(_identity), LIMITS).data
+        )
+        assert second_pid != first_pid
+        assert not second_leaked  # a fresh interpreter: nothing of the last job is left
+        cold_pid, _created, cold_leaked = pickle.loads(
+            run_job("python", kinds.python_payload(_identity), LIMITS, warm=False).data
+        )
+        assert cold_pid not in (first_pid, second_pid)
+        assert not cold_leaked
+    finally:
+        runners.close_standby()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_closing_the_standby_ends_its_waiting_child() -> None:
+    runners.close_standby()
+    before = _children(os.getpid())
+    runners.standby()
+    [waiting] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+    runners.close_standby()
+    _wait_for("the standby child outlived its close", lambda: not _alive(waiting))
+
+
+_STANDBY_PARENT = """
+import sys, time
+from qubix_jupyter.dask_provider import runners
+
+runners.standby()
+print("ready", flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_waiting_child_does_not_outlive_its_killed_worker() -> None:
+    import signal
+    import subprocess
+
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _STANDBY_PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() == "ready"
+        [waiting] = _wait_for("no standby child started", lambda: _children(parent.pid))
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(30)
+        _wait_for("the waiting child outlived its worker", lambda: not _alive(waiting), 30)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
