@@ -7,6 +7,9 @@
 * ``worker_tokens``: one per provider registration, what the provider's worker presents for its
   heartbeats, job progress and results (and to join the scheduler). Hashed the same way; a new
   registration of the worker revokes the earlier ones.
+* ``provision_tokens``: what a user hands to a machine they want to share (``qubix provide
+  --token``): it registers providers for its user through ``providers/quick-register``, any
+  number of times until it expires or is revoked, and opens nothing else. Hashed the same way.
 * ``idempotent_requests``: money-moving API requests by their caller's ``Idempotency-Key``: what
   was asked (a hash) and what was answered, so a retry gets the same answer.
 """
@@ -56,6 +59,22 @@ class WorkerToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[Timestamp] = mapped_column(default=utcnow, server_default=func.now())
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProvisionToken(Base):
+    __tablename__ = "provision_tokens"
+    __table_args__ = (Index(None, "user_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    #: hex SHA-256 of the token; the token itself is shown to its user once and never stored.
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[Timestamp] = mapped_column(default=utcnow, server_default=func.now())
+    expires_at: Mapped[Timestamp]
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    #: the last registration made with it, and how many there were
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    use_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class IdempotentRequest(Base):

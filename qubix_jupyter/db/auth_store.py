@@ -15,7 +15,7 @@ from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from .auth_models import ApiToken, LoginChallenge, WorkerToken
+from .auth_models import ApiToken, LoginChallenge, ProvisionToken, WorkerToken
 from .models import Provider, User
 from .repositories import create_user
 
@@ -46,6 +46,41 @@ class WorkerOwner:
     worker_id: str
     user_id: str
     token_id: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProvisionRecord:
+    """A provisioning token as its owner sees it (never the token itself)."""
+
+    id: str
+    user_id: str
+    created_at: dt.datetime
+    expires_at: dt.datetime
+    revoked_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    use_count: int
+
+    @classmethod
+    def of(cls, row: ProvisionToken) -> ProvisionRecord:
+        return cls(
+            row.id,
+            row.user_id,
+            row.created_at,
+            row.expires_at,
+            row.revoked_at,
+            row.last_used_at,
+            row.use_count,
+        )
+
+
+async def note_provision_use(session: AsyncSession, token_id: str, *, now: dt.datetime) -> None:
+    """Count a registration made with provisioning token ``token_id``, in the caller's
+    transaction (the registration's)."""
+    await session.execute(
+        update(ProvisionToken)
+        .where(ProvisionToken.id == token_id)
+        .values(last_used_at=now, use_count=ProvisionToken.use_count + 1)
+    )
 
 
 async def add_worker_token(
@@ -195,3 +230,71 @@ class AuthStore:
                 )
             ).one_or_none()
             return None if row is None else WorkerOwner(*row)
+
+    # ------------------------------------------------------------------ provisioning tokens
+
+    async def add_provision_token(
+        self, user_id: str, token_hash: str, *, now: dt.datetime, expires_at: dt.datetime
+    ) -> ProvisionRecord:
+        async with self._sessionmaker() as session, session.begin():
+            row = ProvisionToken(
+                user_id=user_id,
+                token_hash=token_hash,
+                created_at=now,
+                expires_at=expires_at,
+                use_count=0,
+            )
+            session.add(row)
+            await session.flush()
+            return ProvisionRecord.of(row)
+
+    async def provision_owner(
+        self, token_hash: str, *, now: dt.datetime
+    ) -> tuple[User, ProvisionRecord] | None:
+        """The user of a live (unrevoked, unexpired) provisioning token, and the token."""
+        async with self._sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(User, ProvisionToken)
+                    .join(ProvisionToken, ProvisionToken.user_id == User.id)
+                    .where(
+                        ProvisionToken.token_hash == token_hash,
+                        ProvisionToken.revoked_at.is_(None),
+                        ProvisionToken.expires_at > now,
+                    )
+                )
+            ).one_or_none()
+            return None if row is None else (row[0], ProvisionRecord.of(row[1]))
+
+    async def provision_tokens(self, user_id: str) -> list[ProvisionRecord]:
+        """The user's provisioning tokens, newest first."""
+        async with self._sessionmaker() as session:
+            rows = await session.scalars(
+                select(ProvisionToken)
+                .where(ProvisionToken.user_id == user_id)
+                .order_by(ProvisionToken.created_at.desc(), ProvisionToken.id.desc())
+            )
+            return [ProvisionRecord.of(row) for row in rows]
+
+    async def revoke_provision_token(
+        self, user_id: str, token_id: str, *, now: dt.datetime
+    ) -> ProvisionRecord | None:
+        """Revoke the user's token ``token_id`` (again: no change); None when it is not theirs."""
+        async with self._sessionmaker() as session, session.begin():
+            await session.execute(
+                update(ProvisionToken)
+                .where(
+                    ProvisionToken.id == token_id,
+                    ProvisionToken.user_id == user_id,
+                    ProvisionToken.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            )
+            row = (
+                await session.scalars(
+                    select(ProvisionToken).where(
+                        ProvisionToken.id == token_id, ProvisionToken.user_id == user_id
+                    )
+                )
+            ).one_or_none()
+            return None if row is None else ProvisionRecord.of(row)

@@ -3,6 +3,11 @@
 A user proves they hold a Qubic identity by signing a random, single-use, expiring challenge
 with SchnorrQ; the market then issues a bearer token of 32 random bytes and keeps only its
 SHA-256. This is the market's own identity: Jupyter's server token never stands for a market user.
+
+Three kinds of market credential, each in its own table and opening only its own routes: the
+user's bearer token (``api_tokens``), a provider's worker token (``qxw_…``, ``worker_tokens``)
+and a user's provisioning token (``qxp_…``, ``provision_tokens``), which registers providers for
+its user and does nothing else.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from ..db.auth_store import AuthStore, TokenOwner, WorkerOwner
+from ..db.auth_store import AuthStore, ProvisionRecord, TokenOwner, WorkerOwner
 from ..db.models import User
 from ..settlement.wallet import verify_challenge
 from .errors import InvalidChallenge, InvalidSignature, RateLimited, Unauthorized
@@ -24,6 +29,11 @@ from .errors import InvalidChallenge, InvalidSignature, RateLimited, Unauthorize
 CHALLENGE_PREFIX = "qubix-login:"
 #: Worker tokens carry a prefix, so that a log line or a misdirected header says what it is.
 WORKER_TOKEN_PREFIX = "qxw_"
+PROVISION_TOKEN_PREFIX = "qxp_"
+#: A provisioning token lives a day unless asked otherwise; at least a minute, at most 30 days.
+PROVISION_TTL_DEFAULT = 24 * 3600
+PROVISION_TTL_MIN = 60
+PROVISION_TTL_MAX = 30 * 24 * 3600
 
 
 def token_hash(token: str) -> str:
@@ -38,6 +48,14 @@ def utcnow() -> dt.datetime:
 class Challenge:
     challenge: str
     expires_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IssuedProvisionToken:
+    """A new provisioning token, shown once, and its record."""
+
+    token: str
+    record: ProvisionRecord
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -105,10 +123,62 @@ class AuthService:
         token = token.strip()
         if scheme.lower() != "bearer" or not token or len(token) > 200:
             raise Unauthorized("malformed Authorization header: use `Bearer <token>`")
+        if token.startswith(PROVISION_TOKEN_PREFIX):
+            raise Unauthorized(
+                "a provisioning token only registers providers (POST providers/quick-register); "
+                "this route takes the market token from wallet connect"
+            )
         owner = await self._store.token_owner(token_hash(token), now=self._clock())
         if owner is None:
             raise Unauthorized("unknown, expired or revoked token: connect the wallet again")
         return owner
+
+    # ------------------------------------------------------------------ provisioning tokens
+
+    @staticmethod
+    def is_provision_token(authorization: str | None) -> bool:
+        """Whether the header carries a provisioning token (by its prefix)."""
+        scheme, _, token = (authorization or "").partition(" ")
+        return scheme.lower() == "bearer" and token.strip().startswith(PROVISION_TOKEN_PREFIX)
+
+    async def issue_provision_token(
+        self, user_id: str, ttl_seconds: int = PROVISION_TTL_DEFAULT
+    ) -> IssuedProvisionToken:
+        """A new provisioning token for ``user_id``, valid ``ttl_seconds``."""
+        if not PROVISION_TTL_MIN <= ttl_seconds <= PROVISION_TTL_MAX:
+            raise ValueError(f"ttl_seconds out of {PROVISION_TTL_MIN}..{PROVISION_TTL_MAX}")
+        now = self._clock()
+        token = PROVISION_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        record = await self._store.add_provision_token(
+            user_id,
+            token_hash(token),
+            now=now,
+            expires_at=now + dt.timedelta(seconds=ttl_seconds),
+        )
+        return IssuedProvisionToken(token, record)
+
+    async def authenticate_provisioning(self, authorization: str | None) -> TokenOwner:
+        """The owner of the header's live provisioning token (``token_id`` is the token's id).
+
+        Looked up every time, never cached: a revocation holds from the next request on.
+        """
+        scheme, _, token = (authorization or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token.startswith(PROVISION_TOKEN_PREFIX):
+            raise Unauthorized("malformed Authorization header: use `Bearer qxp_…`")
+        if len(token) > 200:
+            raise Unauthorized("malformed provisioning token")
+        found = await self._store.provision_owner(token_hash(token), now=self._clock())
+        if found is None:
+            raise Unauthorized("unknown, expired or revoked provisioning token")
+        user, record = found
+        return TokenOwner(user, record.id, record.expires_at)
+
+    async def provision_tokens(self, user_id: str) -> list[ProvisionRecord]:
+        return await self._store.provision_tokens(user_id)
+
+    async def revoke_provision_token(self, user_id: str, token_id: str) -> ProvisionRecord | None:
+        return await self._store.revoke_provision_token(user_id, token_id, now=self._clock())
 
     async def revoke(self, owner: TokenOwner) -> bool:
         return await self._store.revoke(owner.token_id, now=self._clock())

@@ -29,6 +29,9 @@ class Call:
     #: On idempotent routes: a key unique to this request (the same on its retries under one
     #: Idempotency-Key). Derive every ledger key of the request from it, e.g. ``f"{key}:escrow"``.
     idempotency_key: str | None = None
+    #: The caller authenticated with a provisioning token (``owner.token_id`` is its id), on
+    #: the routes that take one.
+    provisioning: bool = False
 
     @property
     def caller(self) -> TokenOwner:

@@ -235,6 +235,7 @@ class RouteHandler(QubixAPIHandler):
                 "this origin may not call the market API (see QubixExtension.allowed_origins)"
             )
         owner = worker = None
+        provisioning = False
         authorization = self.request.headers.get("Authorization")
         if route.auth == "public":
             services.rate_limiter.check(f"ip:{self.request.remote_ip}")
@@ -252,6 +253,11 @@ class RouteHandler(QubixAPIHandler):
             worker = await services.auth.authenticate_worker(authorization)
             services.rate_limiter.check(f"worker:{worker.token_id}")
             scope = f"worker:{worker.provider_id}"
+        elif route.provisioning and services.auth.is_provision_token(authorization):
+            owner = await services.auth.authenticate_provisioning(authorization)
+            provisioning = True
+            services.rate_limiter.check(f"provision:{owner.token_id}")
+            scope = f"user:{owner.user.id}"
         else:
             owner = await services.auth.authenticate(authorization)
             services.rate_limiter.check(f"token:{owner.token_id}")
@@ -266,7 +272,15 @@ class RouteHandler(QubixAPIHandler):
             if answer is not None:
                 return answer
         call = Call(
-            services, body, params, owner, self.settings[OPENAPI], query, worker, request_key
+            services,
+            body,
+            params,
+            owner,
+            self.settings[OPENAPI],
+            query,
+            worker,
+            request_key,
+            provisioning,
         )
         return await route.endpoint(call)
 

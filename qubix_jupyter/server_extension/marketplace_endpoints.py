@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db import marketplace as db
-from ..db.auth_store import add_worker_token
+from ..db.auth_store import add_worker_token, note_provision_use
 from ..db.models import Provider, utcnow
 from ..market.liveness import status_of
 from ..market.marketplace import InvalidMarketplaceQuery, MarketplaceQuery, UnknownProvider
@@ -143,10 +143,11 @@ async def get_provider(call: Call) -> BaseModel:
 async def quick_register(call: Call) -> BaseModel:
     body: m.QuickRegisterRequest = call.body
     user = call.caller.user
-    if body.qubicAddress != user.qubic_address:
+    if body.qubicAddress is not None and body.qubicAddress != user.qubic_address:
         raise Forbidden(
             "qubicAddress must be your own wallet's identity", qubicAddress=body.qubicAddress
         )
+    now = utcnow()
     async with call.services.sessionmaker() as session, session.begin():
         provider, created = await db.quick_register(
             session,
@@ -162,7 +163,9 @@ async def quick_register(call: Call) -> BaseModel:
             location=body.location,
         )
         worker_token, hashed = call.services.auth.new_worker_token()
-        await add_worker_token(session, provider.id, hashed, now=utcnow())
+        await add_worker_token(session, provider.id, hashed, now=now)
+        if call.provisioning:
+            await note_provision_use(session, call.caller.token_id, now=now)
         out = provider_out(provider)
         offer = offer_out(provider).model_dump(mode="json")
     call.services.auth.forget_worker(provider.id)
@@ -239,11 +242,12 @@ ROUTES: tuple[Route, ...] = (
         "providers/quick-register",
         quick_register,
         "Register your worker as a provider and list its offer; again with the same workerId "
-        "returns the same provider",
+        "returns the same provider. Takes your market token or a provisioning token",
         m.QuickRegisterResponse,
         body=m.QuickRegisterRequest,
         tag="marketplace",
         errors=(403, 409),
+        provisioning=True,
     ),
     Route(
         "GET",

@@ -25,7 +25,7 @@ from ..market.money import INT64_MAX
 from .models import QU, QubicAddress, Request, Response
 
 #: Paths under ``providers/`` that are endpoints, so never a worker's id.
-RESERVED_WORKER_IDS = frozenset({"check-new", "quick-register"})
+RESERVED_WORKER_IDS = frozenset({"check-new", "quick-register", "provision-tokens"})
 
 
 def _worker_id(value: str) -> str:
@@ -118,14 +118,17 @@ class GPUInfo(Request):
 class QuickRegisterRequest(Request):
     """The seed's quick-register body plus the offer's price and the host it runs on.
 
-    ``qubicAddress`` must be the signed-in wallet's. Registering a worker again returns the same
+    ``qubicAddress`` must be the signed-in wallet's; left out, it is (a machine registering
+    with a provisioning token need not know it). Registering a worker again returns the same
     provider; it refreshes the reported hardware, lists the offer again, and keeps the price,
     name and location already chosen (change those with PATCH)."""
 
     type: Literal["browser", "native"]
     gpu: GPUInfo
     workerId: WorkerId
-    qubicAddress: QubicAddress
+    qubicAddress: QubicAddress | None = Field(
+        default=None, description="your wallet's identity, the payee; left out: your own"
+    )
     pricePerHour: Price
     name: Name | None = None
     location: Location | None = None

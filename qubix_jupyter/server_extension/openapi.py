@@ -91,7 +91,7 @@ def _operation(route: Route) -> dict[str, Any]:
         "operationId": route.endpoint.__name__,
         "summary": route.summary,
         "tags": [route.tag],
-        "security": _SECURITY[route.auth],
+        "security": _SECURITY[route.auth] + ([{"provisionAuth": []}] if route.provisioning else []),
         "responses": {
             "200": {
                 "description": "OK",
@@ -177,6 +177,13 @@ def openapi_document(routes: Iterable[Route], base_url: str = "/") -> dict[str, 
                     "scheme": "bearer",
                     "description": "the provider's worker token from POST "
                     "providers/quick-register (its workerToken)",
+                },
+                "provisionAuth": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a provisioning token (qxp_…) from POST "
+                    "providers/provision-tokens: registers providers for its owner "
+                    "(providers/quick-register) and opens nothing else",
                 },
                 "jupyterAuth": {
                     "type": "apiKey",

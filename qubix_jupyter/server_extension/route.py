@@ -28,6 +28,7 @@ EVERY_ROLE = frozenset({"market", "agent", "both"})
 #: Who may call a route: anyone; a signed-in user (bearer token from wallet connect); a
 #: provider's worker (the worker token quick-register issued for that provider); the market's
 #: operator (Jupyter's own authentication: its token or login cookie, never a market token).
+#: A user's provisioning token (``qxp_…``) opens only the user routes marked ``provisioning``.
 Auth = Literal["public", "user", "worker", "operator"]
 
 _GROUP = re.compile(r"\(\?P<(?P<name>\w+)>[^)]*\)")
@@ -44,6 +45,9 @@ class Route:
     #: The query string's model: each field one query parameter (a list field may repeat).
     query: type[BaseModel] | None = None
     auth: Auth = "user"
+    #: A user route that also takes the user's provisioning token (``qxp_…``), acting for the
+    #: token's owner: ``providers/quick-register`` and nothing else.
+    provisioning: bool = False
     #: Money-moving: an ``Idempotency-Key`` header makes a retry answer what the first call did
     #: (same key and body → the same response; another body → 409 ``idempotency_conflict``).
     idempotent: bool = False

@@ -14,6 +14,7 @@ from . import jobs_endpoints as jobs
 from . import liveness_endpoints as liveness
 from . import marketplace_endpoints as market
 from . import operator_endpoints as operator
+from . import provision_endpoints as provision
 from . import scheduler_endpoints as scheduler
 from . import wallet_endpoints as wallet
 from .route import API_PREFIX, EVERY_ROLE, MARKET, Route
@@ -93,6 +94,7 @@ CORE_ROUTES: tuple[Route, ...] = (
 
 ROUTES: tuple[Route, ...] = (
     *CORE_ROUTES,
+    *provision.ROUTES,  # before market's providers/{workerId}
     *market.ROUTES,
     *jobs.ROUTES,
     *liveness.ROUTES,

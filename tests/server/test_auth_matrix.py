@@ -1,9 +1,10 @@
 """Who may call what, for every route of the table (a new route is covered by being in it).
 
 Each kind of credential opens only its own routes: a user's market token the user routes, a
-provider's worker token the worker routes, Jupyter's own token the operator routes. Any other
-credential, or none, is a 401 with the error body; public routes answer without one. Jupyter's
-own APIs stay closed to anonymous callers and to market tokens.
+provider's worker token the worker routes, Jupyter's own token the operator routes, a user's
+provisioning token only the user routes that take one (quick-register). Any other credential,
+or none, is a 401 with the error body; public routes answer without one. Jupyter's own APIs
+stay closed to anonymous callers and to market tokens.
 """
 
 from __future__ import annotations
@@ -53,21 +54,32 @@ def _assert_refused(response: HTTPResponse, route: Route, credential: str) -> No
     assert isinstance(error["details"], dict), (*where, error)
 
 
+def kinds_of(route: Route) -> set[str]:
+    """The kinds of credential ``route`` takes."""
+    return {route.auth} | ({"provisioning"} if route.provisioning else set())
+
+
 class Credentials:
-    def __init__(self, api: Api, user: str, worker: str, jupyter: str) -> None:
+    def __init__(self, api: Api, user: str, worker: str, jupyter: str, provision: str) -> None:
         self.api = api
         self.by_kind = {
             "user": [f"Bearer {user}"],
             "worker": [f"Bearer {worker}"],
             # Jupyter takes its token as `token …` or `Bearer …`
             "operator": [f"token {jupyter}", f"Bearer {jupyter}"],
+            "provisioning": [f"Bearer {provision}"],
         }
 
-    def others(self, kind: str) -> list[tuple[str, str]]:
-        """Every credential but those of ``kind``, with a name for the failure message."""
-        found = [("nothing", ""), ("a made-up token", "Bearer qxt_not-a-token")]
+    def others(self, kinds: set[str]) -> list[tuple[str, str]]:
+        """Every credential but those of ``kinds``, with a name for the failure message."""
+        found = [
+            ("nothing", ""),
+            ("a made-up token", "Bearer qxt_not-a-token"),
+            ("a made-up provisioning token", "Bearer qxp_not-a-token"),
+            ("a made-up worker token", "Bearer qxw_not-a-token"),
+        ]
         for other, headers in self.by_kind.items():
-            if other != kind:
+            if other not in kinds:
                 found.extend((f"{other}'s {header.split()[0]}", header) for header in headers)
         return found
 
@@ -94,22 +106,30 @@ async def credentials(api: Api, jp_serverapp: Any) -> Credentials:
     )
     assert registered.code == 200, registered.body
     worker = body_of(registered)["workerToken"]
-    return Credentials(api, user["token"], worker, jp_serverapp.identity_provider.token)
+    issued = await api("POST", "providers/provision-tokens", json_body={}, token=bob["token"])
+    assert issued.code == 200, issued.body
+    provision = body_of(issued)["token"]
+    return Credentials(api, user["token"], worker, jp_serverapp.identity_provider.token, provision)
 
 
 def test_the_table_has_every_kind_of_route():
     """Otherwise a whole row of the matrix below would pass by having nothing to check."""
     assert {route.auth for route in ROUTES} == {"public", "user", "worker", "operator"}
     assert set(SERVED) == set(ROUTES)
+    # A provisioning token opens exactly one route, a user route.
+    assert [(r.method, r.path, r.auth) for r in ROUTES if r.provisioning] == [
+        ("POST", "providers/quick-register", "user")
+    ]
 
 
 async def test_every_route_takes_only_its_own_credential(api: Api, credentials: Credentials):
     for route in SERVED:
         if route.public:
             continue
-        for credential, authorization in credentials.others(route.auth):
+        kinds = kinds_of(route)
+        for credential, authorization in credentials.others(kinds):
             _assert_refused(await _call(api, route, authorization), route, credential)
-        for authorization in credentials.by_kind[route.auth]:
+        for authorization in [h for kind in sorted(kinds) for h in credentials.by_kind[kind]]:
             response = await _call(api, route, authorization)
             # past authentication: whatever the (made-up) input gets, it is not a 401, nor a
             # 5xx the route does not document (the scheduler's 503 while none runs)
@@ -132,7 +152,11 @@ async def test_public_routes_answer_without_a_token(api: Api):
 async def test_jupyters_apis_are_closed_to_anonymous_callers_and_market_tokens(
     api: Api, credentials: Credentials, jp_fetch: Any
 ):
-    market_tokens = credentials.by_kind["user"] + credentials.by_kind["worker"]
+    market_tokens = [
+        *credentials.by_kind["user"],
+        *credentials.by_kind["worker"],
+        *credentials.by_kind["provisioning"],
+    ]
     market_tokens += [f"token {header.split()[1]}" for header in market_tokens]
     for path in JUPYTER_APIS:
         for authorization in ("", *market_tokens):

@@ -141,7 +141,9 @@ def market(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Market]:
     try:
         _poll_health(f"{base}/health", process, time.monotonic() + 60)
         user_token = _sign_in(base, SEED_ALICE)
-        worker_token = _quick_register(base, _sign_in(base, SEED_BOB), SEED_BOB)
+        bob = _sign_in(base, SEED_BOB)
+        worker_token = _quick_register(base, bob, SEED_BOB)
+        provision_token = _post(base, "providers/provision-tokens", {}, bob)["token"]
         config = schemathesis.Config.from_dict(
             {
                 "generation": {
@@ -153,6 +155,7 @@ def market(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Market]:
                     "openapi": {
                         "bearerAuth": {"bearer": user_token},
                         "workerAuth": {"bearer": worker_token},
+                        "provisionAuth": {"bearer": provision_token},
                         "jupyterAuth": {"api_key": f"token {JUPYTER_TOKEN}"},
                     }
                 },
