@@ -90,26 +90,55 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _provide_credential(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """``(seed, provision_token)``: what signs this machine in, exactly one of them.
+
+    Given on the command line (``--seed-file``, ``--token``, ``--token-file``: at most one),
+    else from the environment (``$QUBIX_PROVISION_TOKEN``, else ``$QUBIX_SEED``).
+    """
+    import os
+
+    from .settlement.wallet import read_seed_file
+
+    given = [name for name in ("seed_file", "token", "token_file") if getattr(args, name)]
+    if len(given) > 1:
+        flags = " and ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"give one of --seed-file, --token and --token-file, not {flags}")
+    if args.seed_file:
+        return read_seed_file(args.seed_file), None
+    if args.token:
+        return None, args.token.strip()
+    if args.token_file:
+        with open(os.path.expanduser(args.token_file), encoding="utf-8") as file:
+            token = file.readline().strip()
+        if not token:
+            raise ValueError(f"{args.token_file} holds no provisioning token")
+        return None, token
+    token = os.environ.get("QUBIX_PROVISION_TOKEN", "").strip()
+    if token:
+        return None, token
+    seed = os.environ.get("QUBIX_SEED", "")
+    if seed:
+        return seed, None
+    raise ValueError(
+        "give --token qxp_… (a provisioning token from the QUBIX panel, or "
+        "$QUBIX_PROVISION_TOKEN) or --seed-file PATH (or $QUBIX_SEED): the wallet that gets paid"
+    )
+
+
 def _provide(args: argparse.Namespace) -> int:
     """Share this machine's GPUs (or CPU) until Ctrl-C or SIGTERM, then drain the workers."""
     import signal
 
     from .dask_provider.launcher import ProvideConfig, ProviderLauncher
-    from .settlement.wallet import read_seed_file
 
-    if args.seed_file:
-        seed = read_seed_file(args.seed_file)
-    else:
-        import os
-
-        seed = os.environ.get("QUBIX_SEED", "")
-        if not seed:
-            raise ValueError("give --seed-file PATH (or $QUBIX_SEED): the wallet that gets paid")
+    seed, token = _provide_credential(args)
     gpus = [int(i) for i in args.gpus.split(",") if i.strip()] if args.gpus else None
     launcher = ProviderLauncher(
         ProvideConfig(
             market_url=args.market,
             seed=seed,
+            provision_token=token,
             price_per_hour=args.price,
             name=args.name,
             location=args.location,
@@ -118,16 +147,31 @@ def _provide(args: argparse.Namespace) -> int:
         )
     )
 
-    def drain(signum: int, _frame: object) -> None:
-        print("qubix: stopping the workers (draining)…", file=sys.stderr, flush=True)
-        launcher.stop()
+    class Stop(Exception):
+        pass
 
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
-    for device in launcher.start():
-        label = device.gpu.model if device.gpu is not None else "CPU"
-        print(f"sharing {label} as {device.worker_id} → {launcher.scheduler_address}", flush=True)
-    launcher.wait()
+    def stop(signum: int, _frame: object) -> None:
+        # Only interrupt here: draining inside the handler would wait on the worker processes
+        # while the interrupted wait below still holds their lock, and never return.
+        raise Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for device in launcher.start():
+            label = device.gpu.model if device.gpu is not None else "CPU"
+            print(
+                f"sharing {label} as {device.worker_id} → {launcher.scheduler_address}",
+                flush=True,
+            )
+        launcher.wait()
+    except Stop:
+        print("qubix: stopping the workers (draining)…", file=sys.stderr, flush=True)
+    finally:
+        # The drain is bounded (a worker still there after it is killed): let it finish.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        launcher.stop()
     return 0
 
 
@@ -194,6 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     provide.add_argument(
         "--seed-file", default=None, help="your wallet seed file (default: $QUBIX_SEED)"
+    )
+    provide.add_argument(
+        "--token",
+        default=None,
+        help="a provisioning token (qxp_…) from the QUBIX panel: registers this machine for "
+        "your wallet without its seed (default: $QUBIX_PROVISION_TOKEN). Other users of this "
+        "machine can read a command line: on a shared machine prefer --token-file",
+    )
+    provide.add_argument(
+        "--token-file", default=None, help="a file whose first line is the provisioning token"
     )
     provide.add_argument(
         "--price", type=int, default=10, help="QU per GPU-hour, an integer (default: 10)"

@@ -1,7 +1,9 @@
 """Sharing this machine's GPUs (or its CPU) with a market: ``qubix provide`` and the agent.
 
 :class:`ProviderLauncher` signs in with the user's wallet seed (the seed never leaves this
-machine: only a signature over the market's challenge does), registers one provider per GPU (or
+machine: only a signature over the market's challenge does), or takes a provisioning token the
+user created for this machine (``qxp_…``: it can register providers and nothing else, so neither
+the seed nor the user's market token need reach it), registers one provider per GPU (or
 one CPU provider) through ``providers/quick-register`` under a ``workerId`` that stays the same
 across restarts of this machine, asks the market where its scheduler is (``GET scheduler``, with
 the worker token), and starts one worker process per provider: ``dask cuda worker`` for a GPU
@@ -42,6 +44,19 @@ class MarketRefused(QubixError):
     status = 502
 
 
+class ProvisionTokenRefused(MarketRefused):
+    """The market refused the provisioning token: unknown, expired or revoked."""
+
+    code = "provision_token_refused"
+
+
+PROVISION_TOKEN_PREFIX = "qxp_"
+#: Variables of this process a worker does not inherit: its device's and the sign-in secrets.
+_NOT_FOR_WORKERS = frozenset(
+    {"QUBIX_GPU_INDEX", "QUBIX_SEED", "QUBIX_PROVISION_TOKEN", "QUBIX_TOKEN"}
+)
+
+
 def machine_id() -> str:
     """This machine's stable identity: systemd's machine-id, else the MAC-derived node id."""
     for path in _MACHINE_ID_FILES:
@@ -63,9 +78,11 @@ def worker_id_for(machine: str, gpu: GPUInfo | None) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProvideConfig:
+    """What to share and with whom. Exactly one of ``seed`` and ``provision_token`` signs in."""
+
     market_url: str  # the market's base URL, e.g. "https://market.example/" (its base_url)
-    seed: str  # the wallet seed, kept in this process
-    price_per_hour: int  # QU per GPU-hour (CPU providers too)
+    seed: str | None = None  # the wallet seed, kept in this process
+    price_per_hour: int = dataclasses.field(kw_only=True)  # QU per GPU-hour (CPU providers too)
     name: str | None = None
     location: str | None = None
     gpus: Sequence[int] | None = None  # device indexes to share; None: all of them
@@ -76,6 +93,21 @@ class ProvideConfig:
     #: What the workerIds derive from (default: this machine's id); providers that share one
     #: machine under different wallets each give their own.
     machine: str | None = None
+    #: A provisioning token (``qxp_…``) from the user's QUBIX panel or ``POST
+    #: providers/provision-tokens``: registers for its owner without the seed.
+    provision_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.seed is None) == (self.provision_token is None):
+            raise ValueError(
+                "give the wallet's seed or a provisioning token (qxp_…), exactly one of them"
+            )
+        token = self.provision_token
+        if token is not None and (not token.startswith(PROVISION_TOKEN_PREFIX) or " " in token):
+            raise ValueError(
+                "that is not a provisioning token: they start with qxp_ "
+                "(create one in the QUBIX panel of JupyterLab)"
+            )
 
 
 @dataclasses.dataclass(slots=True)
@@ -154,10 +186,19 @@ class ProviderLauncher:
                 text = f"{error['code']}: {error['message']}"
             except (ValueError, KeyError, TypeError):
                 text = response.text[:300]
-            raise MarketRefused(f"{method} {path}: HTTP {response.status_code} {text}")
+            raise MarketRefused(
+                f"{method} {path}: HTTP {response.status_code} {text}",
+                httpStatus=response.status_code,
+                reason=text,
+            )
         return response.json()
 
-    def sign_in(self) -> str:
+    def sign_in(self) -> str | None:
+        """Sign in with the seed: the wallet's identity. With a provisioning token there is
+        nothing to sign: the token registers for its owner (None until ``register``)."""
+        if self.config.provision_token is not None:
+            return self._identity
+        assert self.config.seed is not None
         identity = KeyPair.from_seed(self.config.seed).identity
         challenge = self._call("POST", "auth/challenge", body={"qubicAddress": identity})
         signed = sign_challenge(self.config.seed, challenge["challenge"])
@@ -174,9 +215,23 @@ class ProviderLauncher:
         self._identity = identity
         return identity
 
+    def _register_one(self, body: dict[str, Any]) -> Any:
+        token = self.config.provision_token
+        if token is None:
+            return self._call("POST", "providers/quick-register", token=self.user_token, body=body)
+        try:
+            return self._call("POST", "providers/quick-register", token=token, body=body)
+        except MarketRefused as exc:
+            if exc.details.get("httpStatus") != 401:
+                raise
+            raise ProvisionTokenRefused(
+                f"the provisioning token was refused: {exc.details['reason']}; "
+                "create a new one in the QUBIX panel"
+            ) from exc
+
     def register(self) -> list[SharedDevice]:
         """quick-register each shared GPU (or the CPU); a worker token for each."""
-        if self.user_token is None:
+        if self.user_token is None and self.config.provision_token is None:
             self.sign_in()
         report = self._detect(only=self.config.gpus)
         machine = self.config.machine or machine_id()
@@ -190,7 +245,6 @@ class ProviderLauncher:
                 "type": "native",
                 "gpu": _gpu_body(gpu),
                 "workerId": worker_id,
-                "qubicAddress": self._identity,
                 "pricePerHour": self.config.price_per_hour,
                 "cpuCores": os.cpu_count() or 1,
                 "ramTotal": round(psutil.virtual_memory().total / 2**30, 1),
@@ -200,9 +254,11 @@ class ProviderLauncher:
                 body["name"] = self.config.name + suffix
             if self.config.location:
                 body["location"] = self.config.location
-            answer = self._call(
-                "POST", "providers/quick-register", token=self.user_token, body=body
-            )
+            if self._identity is not None:  # with a token: the token's owner, said by the market
+                body["qubicAddress"] = self._identity
+            answer = self._register_one(body)
+            if self._identity is None:
+                self._identity = answer["provider"]["qubicAddress"]
             self.devices.append(SharedDevice(worker_id, gpu, answer["workerToken"]))
         return self.devices
 
@@ -237,7 +293,9 @@ class ProviderLauncher:
         return command
 
     def worker_env(self, device: SharedDevice) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k != "QUBIX_GPU_INDEX"}
+        # Consumers' code runs under the worker: it gets none of the credentials that signed
+        # this machine in, only its own worker token.
+        env = {k: v for k, v in os.environ.items() if k not in _NOT_FOR_WORKERS}
         env.update(
             {
                 # The token travels in the environment, never on a command line others can read.

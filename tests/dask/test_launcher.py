@@ -96,3 +96,48 @@ class _Answer:
 
     def json(self) -> dict[str, object]:
         return self._body
+
+
+def test_a_worker_inherits_none_of_the_sign_in_secrets(monkeypatch) -> None:
+    """Consumers' code runs under the worker: the seed, a provisioning token or a market token
+    in ``qubix provide``'s environment must not reach it."""
+    for name, value in {
+        "QUBIX_SEED": "a" * 55,
+        "QUBIX_PROVISION_TOKEN": "qxp_secret",
+        "QUBIX_TOKEN": "user-token",
+        "QUBIX_GPU_INDEX": "3",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    env = _launcher().worker_env(SharedDevice("qx-cpu", None, "qxw_cpu"))
+    for name in ("QUBIX_SEED", "QUBIX_PROVISION_TOKEN", "QUBIX_TOKEN", "QUBIX_GPU_INDEX"):
+        assert name not in env
+    assert env["SOMETHING_ELSE"] == "kept"
+    assert env["QUBIX_WORKER_TOKEN"] == "qxw_cpu"
+
+
+def test_with_a_provisioning_token_the_market_names_the_payee() -> None:
+    """No seed, no sign-in: quick-register gets the token and no qubicAddress, and the
+    launcher learns the wallet from the answer."""
+    sent: list[tuple[str, object, object]] = []
+
+    class Market:
+        def request(self, method: str, path: str, json: object = None, headers: object = None):
+            sent.append((path, json, headers))
+            return _Answer({"workerToken": "qxw_t", "provider": {"qubicAddress": "B" * 60}})
+
+    launcher = ProviderLauncher(
+        ProvideConfig(
+            market_url="http://m.example/",
+            provision_token="qxp_machine",
+            price_per_hour=4,
+            gpus=[],
+        ),
+        http=Market(),
+    )
+    launcher.register()
+    ((path, body, headers),) = sent
+    assert path == "providers/quick-register"
+    assert headers == {"Authorization": "Bearer qxp_machine"}
+    assert "qubicAddress" not in body  # type: ignore[operator]
+    assert launcher._identity == "B" * 60
