@@ -1,15 +1,17 @@
 """Running one job on the provider's machine: in a child process, within its limits.
 
 Consumer code is foreign code (README, trust model), so a job never runs in the worker itself:
-:func:`run_job` hands it to a fresh interpreter (multiprocessing ``spawn``) that lowers its own
-data limit, looks up the job's kind among the ``qubix.job_kinds`` entry points, runs it and sends
-back the pickled result, progress along the way, or the failure as text. The worker only waits on
-a pipe, so a job that crashes, loops forever or eats memory costs the job, never the worker.
+:func:`run_job` hands it to a fresh interpreter (``python -c``, importing only this module) that
+lowers its own data limit, looks up the job's kind among the ``qubix.job_kinds`` entry points,
+runs it and sends back the pickled result, progress along the way, or the failure as text. The
+worker only waits on a pipe, so a job that crashes, loops forever or eats memory costs the job,
+never the worker.
 
-An interpreter takes most of a second to start, more than many jobs run. So a worker keeps one
-child started ahead (:class:`Standby`): it has booted and imported the runner, and waits for a
-job. A job takes it, and the next one is started at once in the background. A child still runs
-exactly one job and exits; none is ever reused, so no job sees what another left behind.
+An interpreter takes a tenth of a second or more to start, longer than many jobs run. So a
+worker keeps one child started ahead (:class:`Standby`): it has booted, imported the runner and
+the installed kinds, and waits for a job. A job takes it, and the next one is started at once in
+the background. A child still runs exactly one job and exits; none is ever reused, so no job sees
+what another left behind.
 
 The result stays pickled bytes all the way to the consumer: the worker and the market never
 unpickle what consumer code produced.
@@ -17,12 +19,14 @@ unpickle what consumer code produced.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
-import multiprocessing
 import os
 import queue
 import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -86,11 +90,17 @@ def job_kinds() -> dict[str, importlib.metadata.EntryPoint]:
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def load_kind(name: str) -> Kind:
-    entry = job_kinds().get(name)
+def load_kind(
+    name: str, registered: dict[str, importlib.metadata.EntryPoint] | None = None
+) -> Kind:
+    """The kind's function; ``registered``: the kinds as read earlier (read again on a miss)."""
+    entry = (registered or {}).get(name)
+    if entry is None:
+        registered = job_kinds()
+        entry = registered.get(name)
     if entry is None:
         raise UnknownJobKind(
-            f"no runner for job kind {name!r}", kind=name, known=sorted(job_kinds())
+            f"no runner for job kind {name!r}", kind=name, known=sorted(registered)
         )
     kind: Kind = entry.load()
     return kind
@@ -144,21 +154,31 @@ def _die_with(parent: int) -> _Deadline:
     return deadline
 
 
+def job_child_main() -> None:
+    """The job's process (``python -c``): its pipe's descriptor and its worker's pid in argv."""
+    fd, parent = int(sys.argv[1]), int(sys.argv[2])
+    _child(Connection(fd), parent)
+
+
 def _child(conn: Connection, parent: int) -> None:
-    """The job's process: boot, wait for one job, and answer it with one final message."""
+    """Boot, wait for one job, and answer it with one final message."""
     deadline = _die_with(parent)
     import cloudpickle  # what every result is sent back with; loaded before the job arrives
 
-    job_kinds()  # the installed distributions' metadata, read once while waiting
+    registered = job_kinds()
+    for entry in registered.values():  # installed code, not the job's: loaded while waiting
+        with contextlib.suppress(Exception):  # a kind that cannot load says so when asked for
+            entry.load()
     try:
-        kind_name, payload, limits = conn.recv()
+        kind_name, payload, limits, path = conn.recv()
     except (EOFError, OSError):  # the worker closed this standby without a job
         return
+    sys.path[:] = path  # where the worker finds modules, the job's pickles find them too
     deadline.at = time.monotonic() + limits.time_budget_s + 2 * _GRACE_S
     progress_module.install(lambda fraction: conn.send(("progress", fraction)))
     try:
         _limit_memory(limits.memory_limit_bytes)
-        kind = load_kind(kind_name)
+        kind = load_kind(kind_name, registered)
         result = kind(payload)
         data = cloudpickle.dumps(result)
         del result
@@ -179,35 +199,56 @@ def _child(conn: Connection, parent: int) -> None:
 # ---------------------------------------------------------------------------- the parent
 
 
-_Started = tuple[multiprocessing.process.BaseProcess, Connection]
+_Process = subprocess.Popen[bytes]
+_Started = tuple[_Process, Connection]
+#: The child imports this module and nothing of the worker's (multiprocessing's ``spawn`` would
+#: import the worker's ``__main__``, all of Dask, before the job could start).
+_CHILD_CODE = "from qubix_jupyter.dask_provider.runners import job_child_main; job_child_main()"
 
 
 def _spawn() -> _Started:
     """A fresh interpreter running :func:`_child`, and our end of its pipe."""
-    context = multiprocessing.get_context("spawn")
-    ours, theirs = context.Pipe(duplex=True)
-    process = context.Process(
-        target=_child, args=(theirs, os.getpid()), name="qubix-job", daemon=True
-    )
-    process.start()
-    theirs.close()  # the child holds the only other end: EOF means it is gone
-    return process, ours
+    ours, theirs = socket.socketpair()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE, str(theirs.fileno()), str(os.getpid())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()  # the child holds the only other end: EOF means it is gone
+    return process, Connection(ours.detach())
 
 
-def _stop(process: multiprocessing.process.BaseProcess) -> None:
+def _wait(process: _Process, timeout: float | None) -> bool:
+    """Whether it has exited within ``timeout`` seconds."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def _stop(process: _Process) -> None:
     process.terminate()
-    process.join(_GRACE_S)
-    if process.is_alive():
+    if not _wait(process, _GRACE_S):
         process.kill()
-        process.join()
+        process.wait()
+
+
+def _reap(process: _Process) -> None:
+    if not _wait(process, _GRACE_S):
+        _stop(process)
 
 
 def _discard(started: _Started) -> None:
     """Close a child that took no job: it sees the pipe close and exits."""
     process, conn = started
     conn.close()
-    process.join(_GRACE_S)
-    if process.is_alive():
+    if not _wait(process, _GRACE_S):
         _stop(process)
 
 
@@ -249,7 +290,7 @@ class Standby:
         with self._lock:
             ready, self._ready = self._ready, None
         self._wake.put(True)
-        if ready is not None and not ready[0].is_alive():  # it died waiting (the OOM killer)
+        if ready is not None and ready[0].poll() is not None:  # it died waiting (the OOM killer)
             _discard(ready)
             return None
         return ready
@@ -299,24 +340,20 @@ def run_job(
     ``on_progress`` gets each reported fraction that moves forward (never one that goes back).
     ``should_stop`` is asked while waiting; True stops the child (a cancelled job) and raises
     JobProcessDied with ``details["stopped"] = True``. Failures raise the typed errors of
-    :mod:`.errors`; the consumer's exception comes back as JobCodeFailed with its traceback.
-    ``warm``: take this process's standby child when one is ready (and leave the next one
-    started); False starts a child for this job only.
+    :mod:`.errors`; the consumer's exception comes back as JobCodeFailed with its traceback,
+    a kind nobody registered as UnknownJobKind. ``warm``: take this process's standby child when
+    one is ready (and leave the next one started); False starts a child for this job only.
     """
-    if kind not in job_kinds():
-        raise UnknownJobKind(
-            f"no runner for job kind {kind!r}", kind=kind, known=sorted(job_kinds())
-        )
     started = time.monotonic()
     deadline = started + limits.time_budget_s
     process, receiver = (standby().take() if warm else None) or _spawn()
     try:
-        receiver.send((kind, payload, limits))
+        receiver.send((kind, payload, limits, list(sys.path)))
     except OSError as exc:  # it died before it could take the job
         _discard((process, receiver))
         raise JobProcessDied(
-            f"the job's process ended before it took the job (exit status {process.exitcode})",
-            exitCode=process.exitcode,
+            f"the job's process ended before it took the job (exit status {process.returncode})",
+            exitCode=process.returncode,
         ) from exc
     last = -1.0
     final: tuple[Any, ...] | None = None
@@ -337,7 +374,7 @@ def run_job(
                 continue
             try:
                 message = receiver.recv()
-            except EOFError:
+            except (EOFError, OSError):  # it is gone (a reset pipe included)
                 break
             if message[0] == "progress":
                 if message[1] > last:
@@ -348,16 +385,17 @@ def run_job(
                 final = message
     finally:
         receiver.close()
-        if process.is_alive():
-            process.join(_GRACE_S)
-            if process.is_alive():
+        if final is None:
+            if not _wait(process, _GRACE_S):
                 _stop(process)
+        else:  # it has answered: let it exit (a few ms of teardown) without waiting here
+            threading.Thread(target=_reap, args=(process,), name="qubix-job-reap").start()
     seconds = time.monotonic() - started
     if final is None:
-        process.join()
+        process.wait()
         raise JobProcessDied(
-            f"the job's process ended without an answer (exit status {process.exitcode})",
-            exitCode=process.exitcode,
+            f"the job's process ended without an answer (exit status {process.returncode})",
+            exitCode=process.returncode,
         )
     match final:
         case ("result", bytes() as data):

@@ -235,7 +235,7 @@ def _children(pid: int) -> set[int]:
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if b"job_child_main" in Path(f"/proc/{child}/cmdline").read_bytes():
                     found.add(int(child))
     return found
 
