@@ -71,14 +71,22 @@ _TASK_PREFIX = "qubix-job-"
 EXECUTION = "qubix_execution"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class Run:
-    """One dispatch of a job: on which provider, at which step."""
+    """One dispatch of a job: on which provider, at which step.
+
+    Its progress reports and its settlement are stored in the order they arrived (``order``):
+    a job that reports 100 % and finishes at once still shows its 100 % before it completes. A
+    burst of reports is stored as its latest (``reported``): the ones in between are moot.
+    """
 
     job_id: str
     provider_id: str
     worker_id: str
     step: int
+    order: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    reported: float = -1.0
+    stored: float = -1.0
 
     @property
     def key(self) -> str:
@@ -316,18 +324,27 @@ class ExecutionService:
             return
         run = next((r for r in self.runs.values() if r.key == key), None)
         if run is not None:
-            self._spawn(self._progress(run, 0.0))  # on its worker now: RUNNING from here
+            self._report(run, 0.0)  # on its worker now: RUNNING from here
 
     def _job_progress(self, job_id: str, fraction: float, worker_name: str) -> None:
         run = self.runs.get(job_id)
         if run is not None and run.worker_id == worker_name:
-            self._spawn(self._progress(run, fraction * 100))
+            self._report(run, fraction * 100)
 
-    async def _progress(self, run: Run, percent: float) -> None:
-        with contextlib.suppress(QubixError):  # a late report (finished, moved on) is moot
-            await self._jobs.progress(
-                run.job_id, run.owner, worker_id=run.worker_id, reported=percent
-            )
+    def _report(self, run: Run, percent: float) -> None:
+        run.reported = max(run.reported, percent)
+        self._spawn(self._progress(run))
+
+    async def _progress(self, run: Run) -> None:
+        async with run.order:
+            percent = run.reported
+            if percent <= run.stored:
+                return  # a report that came later was stored with this one
+            run.stored = percent
+            with contextlib.suppress(QubixError):  # a late report (finished, moved on) is moot
+                await self._jobs.progress(
+                    run.job_id, run.owner, worker_id=run.worker_id, reported=percent
+                )
 
     async def _providers_offline(self, worker_ids: list[str]) -> None:
         """Liveness took these providers offline (missed heartbeats): their jobs move on."""
@@ -378,6 +395,12 @@ class ExecutionService:
         )
 
     async def _settle(self, run: Run, *, succeeded: bool, result: Any, error: str | None) -> None:
+        async with run.order:  # after the progress it reported before it finished
+            await self._settle_now(run, succeeded=succeeded, result=result, error=error)
+
+    async def _settle_now(
+        self, run: Run, *, succeeded: bool, result: Any, error: str | None
+    ) -> None:
         async with self._sessionmaker() as session:
             job = await session.get(Job, run.job_id)
         if job is None or not self._current(job, run):

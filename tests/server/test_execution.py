@@ -7,6 +7,7 @@ is noticed within a few seconds."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -203,6 +204,43 @@ async def test_a_python_job_runs_on_the_worker_and_is_paid(market: Market):
     assert await market.services.ledger.wallet_balance(market.owner_of["exec-a"]) == earned
     assert await market.escrow(job_id) == 0
     await market.audit_ok()
+
+
+def finishes_at_once() -> str:
+    from qubix_jupyter.api import progress
+
+    for step in range(1, 5):
+        progress(step / 4)
+    return "done"
+
+
+@sqlite_only
+async def test_a_job_that_finishes_at_once_shows_its_progress_before_it_completes(
+    market: Market,
+):
+    await market.provider("exec-quick")
+    hub = market.services.events
+    before = hub.seq
+    job_id = await market.create("python", encode_python_job(finishes_at_once, (), {}))
+    listener = hub.connect(market.alice["user"]["id"])
+
+    async def allow(_user: str, _channel: Any) -> bool:
+        return True
+
+    await listener.subscribe(f"job:{job_id}", authorize=allow, since_seq=before)
+    job = await market.until(job_id, "COMPLETED")
+    assert job["progress"] == 100
+    await asyncio.sleep(0.2)  # the completion's last events
+    frames = []
+    while (frame := listener.get_nowait()) is not None:
+        frames.append(json.loads(frame))
+    listener.close()
+    types = [f["type"] for f in frames]
+    reported = [f["data"]["progress"] for f in frames if f["type"] == "JOB_PROGRESS"]
+    assert reported == sorted(reported)
+    assert reported[-1] == 100
+    last_progress = max(i for i, t in enumerate(types) if t == "JOB_PROGRESS")
+    assert "JOB_COMPLETED" in types[last_progress:], types
 
 
 @sqlite_only
