@@ -364,30 +364,39 @@ def _market_session(
             ],
         )
 
-        say(f"\njobs (each escrows {MAX_PRICE} QU/h × {HOURS * 3600:g} s, the rest comes back)")
-        jobs: dict[str, str] = {}
-        created = consumer.create_job(
-            "benchmark",
-            benchmark_payload(size=384, repeats=3),
-            compute_needed=HOURS,
-            max_price=MAX_PRICE,
-        )
-        assert created.job is not None
-        jobs[created.job.id] = "benchmark"
-        function_job = submit(
-            estimate_pi, 200_000, max_price=MAX_PRICE, hours=HOURS, client=consumer
-        )
-        jobs[function_job.id] = "python"
-        created = consumer.create_job(
-            "cell", cell_payload(CELL_SOURCE, ["total"]), compute_needed=HOURS, max_price=MAX_PRICE
-        )
-        assert created.job is not None
-        jobs[created.job.id] = "cell"
-        for job_id, kind in jobs.items():
-            say.step(f"submitted {kind:<9} job {job_id}")
+        # Listening before the jobs exist: their channels are joined from this point on, so
+        # what a job says before its channel is joined is replayed, not lost.
+        with consumer.events("wallet") as subscription:
+            subscription.wait_subscribed("wallet", timeout=30)
+            since = subscription.positions["wallet"]
 
-        say("\nprogress (from the job channels, as it arrives)")
-        finished = _stream(consumer, jobs, names, say)
+            say(f"\njobs (each escrows {MAX_PRICE} QU/h × {HOURS * 3600:g} s, the rest comes back)")
+            jobs: dict[str, str] = {}
+            created = consumer.create_job(
+                "benchmark",
+                benchmark_payload(size=384, repeats=3),
+                compute_needed=HOURS,
+                max_price=MAX_PRICE,
+            )
+            assert created.job is not None
+            jobs[created.job.id] = "benchmark"
+            function_job = submit(
+                estimate_pi, 200_000, max_price=MAX_PRICE, hours=HOURS, client=consumer
+            )
+            jobs[function_job.id] = "python"
+            created = consumer.create_job(
+                "cell",
+                cell_payload(CELL_SOURCE, ["total"]),
+                compute_needed=HOURS,
+                max_price=MAX_PRICE,
+            )
+            assert created.job is not None
+            jobs[created.job.id] = "cell"
+            for job_id, kind in jobs.items():
+                say.step(f"submitted {kind:<9} job {job_id}")
+
+            say("\nprogress (from the job channels, as it arrives)")
+            finished = _stream(consumer, subscription, since, jobs, names, say)
 
         say("\nresults")
         _results(consumer, jobs, finished, names, say)
@@ -454,40 +463,53 @@ def _wait_online(consumer: Any, workers: set[str], say: Printer) -> None:
 
 
 def _stream(
-    consumer: Any, jobs: dict[str, str], names: dict[str, str], say: Printer
+    consumer: Any,
+    subscription: Any,
+    since: int,
+    jobs: dict[str, str],
+    names: dict[str, str],
+    say: Printer,
 ) -> dict[str, Any]:
-    """Print the jobs' events until each is finished (polled too, in case a frame is missed)."""
+    """Print the jobs' events until each is finished (polled too, in case a frame is missed).
+
+    ``since``: the events' position before the jobs were created; each job channel replays
+    from there."""
     events: queue.Queue[Any] = queue.Queue()
     finished: dict[str, Any] = {}
     shown: dict[str, int] = {}
     assigned: set[str] = set()
-    with consumer.events() as subscription:
-        subscription.on_event(events.put)
-        for job_id in jobs:
-            subscription.subscribe(f"job:{job_id}", since_seq=0)  # replays what came before
-        deadline = time.monotonic() + JOBS_TIMEOUT_S
-        next_poll = 0.0
-        while len(finished) < len(jobs):
-            if time.monotonic() > deadline:
-                waiting = {jobs[j]: consumer.job(j).status for j in jobs if j not in finished}
-                raise DemoFailed(
-                    f"jobs not finished after {JOBS_TIMEOUT_S:g} s: "
-                    + ", ".join(f"{k} {s}" for k, s in waiting.items())
-                    + " (is the market's scheduler running and dispatching jobs?)"
-                )
-            with contextlib.suppress(queue.Empty):
-                _show(events.get(timeout=0.5), jobs, names, shown, assigned, say)
-            if time.monotonic() >= next_poll:
-                next_poll = time.monotonic() + 2.0
-                for job_id in jobs:
-                    if job_id not in finished:
-                        info = consumer.job(job_id)
-                        if info.worker_id and job_id not in assigned:
-                            assigned.add(job_id)
-                            where = names.get(info.worker_id, info.worker_id)
-                            say.step(f"{jobs[job_id]:<9} on {where} at {info.price_per_hour} QU/h")
-                        if info.terminal:
-                            finished[job_id] = info
+    ended: set[str | None] = set()
+    subscription.on_event(events.put)
+    for job_id in jobs:
+        subscription.subscribe(f"job:{job_id}", since_seq=since)
+    deadline = time.monotonic() + JOBS_TIMEOUT_S
+    next_poll = 0.0
+    while len(finished) < len(jobs):
+        if time.monotonic() > deadline:
+            waiting = {jobs[j]: consumer.job(j).status for j in jobs if j not in finished}
+            raise DemoFailed(
+                f"jobs not finished after {JOBS_TIMEOUT_S:g} s: "
+                + ", ".join(f"{k} {s}" for k, s in waiting.items())
+                + " (is the market's scheduler running and dispatching jobs?)"
+            )
+        with contextlib.suppress(queue.Empty):
+            ended.add(_show(events.get(timeout=0.5), jobs, names, shown, assigned, say))
+        if time.monotonic() >= next_poll:
+            next_poll = time.monotonic() + 2.0
+            for job_id in jobs:
+                if job_id not in finished:
+                    info = consumer.job(job_id)
+                    if info.worker_id and job_id not in assigned:
+                        assigned.add(job_id)
+                        where = names.get(info.worker_id, info.worker_id)
+                        say.step(f"{jobs[job_id]:<9} on {where} at {info.price_per_hour} QU/h")
+                    if info.terminal:
+                        finished[job_id] = info
+    # A job done within moments may be seen finished before its frames are shown.
+    grace = time.monotonic() + 2.0
+    while not ended >= set(jobs) and time.monotonic() < grace:
+        with contextlib.suppress(queue.Empty):
+            ended.add(_show(events.get(timeout=0.1), jobs, names, shown, assigned, say))
     return finished
 
 
@@ -498,12 +520,13 @@ def _show(
     shown: dict[str, int],
     assigned: set[str],
     say: Printer,
-) -> None:
+) -> str | None:
+    """Print one event of the jobs'; returns the job's id when the event ended it."""
     data = event.data if isinstance(event.data, dict) else {}
     job_id = str(data.get("jobId") or data.get("id") or (event.channel or "").removeprefix("job:"))
     kind = jobs.get(job_id)
     if kind is None:
-        return
+        return None
     if event.type == "JOB_PROGRESS":
         percent = int(data.get("progress") or 0)
         if percent > shown.get(job_id, -1):
@@ -521,6 +544,8 @@ def _show(
         say.step(f"{kind:<9} on {where}" + (f" at {price} QU/h" if price else ""))
     elif event.type in ("JOB_COMPLETED", "JOB_FAILED"):
         say.step(f"{kind:<9} {event.type.removeprefix('JOB_').lower()}")
+        return job_id
+    return None
 
 
 def _results(
