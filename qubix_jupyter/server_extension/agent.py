@@ -6,6 +6,11 @@ seed nor the market token it gets ever reaches the browser. It drives the same
 :class:`~..dask_provider.launcher.ProviderLauncher` as ``qubix provide``, one step at a time, so
 that the panel can show where it is: idle → detecting → registering → starting → online, then
 stopping → idle; a failure at any step is ``error`` with what went wrong and what to do next.
+
+For a machine without an agent of its own (the Lab runs on a remote hub, the GPU is elsewhere),
+the agent asks the market for a provisioning token for its wallet and answers the exact command
+to run there (``pip install qubix-jupyter && qubix provide --market … --token qxp_… --price …``);
+the token registers providers for this wallet and nothing else, and the agent can revoke it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import dataclasses
 import enum
 import logging
+import shlex
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +73,26 @@ class AlreadySharing(QubixError):
     status = 409
 
 
+class UnknownAgentToken(QubixError):
+    code = "unknown_provision_token"
+    status = 404
+
+
+class AgentWalletUnusable(QubixError):
+    """The agent's seed file cannot be read, so it cannot sign in to the market."""
+
+    code = "agent_wallet_unusable"
+    status = 409
+
+
+def install_command(market_url: str, token: str, price: int) -> str:
+    """What to run on a machine to share it with ``market_url`` under the token's wallet."""
+    return (
+        "pip install qubix-jupyter && qubix provide "
+        f"--market {shlex.quote(market_url)} --token {shlex.quote(token)} --price {int(price)}"
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ShareRequest:
     price_per_hour: int
@@ -84,8 +110,12 @@ class AgentService:
         seed_file: Path,
         detect: Callable[..., HardwareReport] = detect_gpus,
         heartbeat_interval_s: float = 5.0,
+        market_is_this_server: Callable[[], bool] = lambda: False,
     ) -> None:
         self._market_url = market_url
+        #: True when the market is this Jupyter server itself (reached over loopback): a command
+        #: for another machine then names the server as the browser reached it.
+        self.market_is_this_server = market_is_this_server
         self.seed_file = seed_file
         self.detect = detect
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -216,6 +246,98 @@ class AgentService:
             finally:
                 self.error = self.next_step = None
                 self._move(SharingState.IDLE)
+
+    # ------------------------------------------------------------------ other machines
+
+    def _wallet_seed(self) -> str:
+        try:
+            return self._seed()
+        except (OSError, ValueError) as exc:
+            raise AgentWalletUnusable(
+                f"the agent cannot sign in to the market: its wallet seed file "
+                f"{self.seed_file} is unusable ({exc})",
+                nextStep=f"fix {self.seed_file} (55 lowercase letters, chmod 600) or set "
+                "c.QubixExtension.agent_seed_file to your wallet's seed file, then try again",
+            ) from exc
+
+    def _market_session(self, work: Callable[[ProviderLauncher], Any]) -> Any:
+        """Sign in with the agent's wallet, run ``work`` with the session, then revoke the
+        session's token: the agent keeps no market token it does not use."""
+        seed = self._wallet_seed()
+        launcher = ProviderLauncher(
+            ProvideConfig(market_url=self.market_url, seed=seed, price_per_hour=0)
+        )
+        next_step = (
+            f"check that the market at {self.market_url} is up and that this server reaches "
+            "it (c.QubixExtension.agent_market_url), then try again"
+        )
+        try:
+            try:
+                launcher.sign_in()
+            except MarketRefused as exc:
+                raise MarketRefused(
+                    f"the agent could not sign in to the market at {self.market_url}: "
+                    f"{exc.message}",
+                    nextStep=next_step,
+                ) from exc
+            try:
+                return work(launcher)
+            except MarketRefused as exc:
+                raise MarketRefused(exc.message, nextStep=next_step) from exc
+            finally:
+                try:
+                    launcher._call("POST", "auth/revoke", token=launcher.user_token)
+                except MarketRefused as exc:  # it expires on its own
+                    log.info("QUBIX agent: could not revoke its market session: %s", exc)
+        finally:
+            launcher.close()
+
+    async def provision_command(
+        self, price: int, ttl_seconds: int | None = None, this_server: str | None = None
+    ) -> dict[str, Any]:
+        """A provisioning token for the agent's wallet and the command that uses it.
+
+        ``this_server``: this Jupyter server's URL as the caller reached it; the command names
+        it when the market is this server (the agent itself talks to it over loopback).
+        """
+        body = {} if ttl_seconds is None else {"ttlSeconds": ttl_seconds}
+
+        def issue(launcher: ProviderLauncher) -> Any:
+            return launcher._call(
+                "POST", "providers/provision-tokens", token=launcher.user_token, body=body
+            )
+
+        issued = await asyncio.to_thread(self._market_session, issue)
+        market = self.market_url
+        if this_server and self.market_is_this_server():
+            market = this_server
+        record = issued["provisionToken"]
+        return {
+            "command": install_command(market, issued["token"], price),
+            "marketUrl": market,
+            "price": price,
+            "tokenId": record["id"],
+            "expiresAt": record["expiresAt"],
+        }
+
+    async def revoke_provision_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a provisioning token of the agent's wallet; the market's answer."""
+        from urllib.parse import quote
+
+        def revoke(launcher: ProviderLauncher) -> Any:
+            path = f"providers/provision-tokens/{quote(token_id, safe='')}"
+            try:
+                return launcher._call("DELETE", path, token=launcher.user_token)
+            except MarketRefused as exc:
+                if exc.details.get("httpStatus") == 404:
+                    raise UnknownAgentToken(
+                        f"this agent's wallet has no provisioning token {token_id!r}",
+                        tokenId=token_id[:100],
+                    ) from exc
+                raise
+
+        answer = await asyncio.to_thread(self._market_session, revoke)
+        return answer["provisionToken"]  # type: ignore[no-any-return]
 
     # ------------------------------------------------------------------ status
 

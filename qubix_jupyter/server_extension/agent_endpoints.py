@@ -1,5 +1,6 @@
 """The local agent's routes, for the JupyterLab panel: detect this machine's GPUs, share them
-with the market, stop, and say where sharing stands.
+with the market, stop, and say where sharing stands; and, for a machine without an agent, the
+command that shares it (with a provisioning token of the agent's wallet) and its revocation.
 
 They take the Jupyter server's own authentication (its token, or the Lab's login cookie with
 its XSRF header), never a market token: the market token the agent signs in for stays here.
@@ -47,6 +48,17 @@ async def stop(call: Call) -> BaseModel:
 
 async def market(call: Call) -> BaseModel:
     return a.MarketSummary.model_validate(await _agent(call).market_summary())
+
+
+async def install_command(call: Call) -> BaseModel:
+    body: a.InstallCommandRequest = call.body
+    answer = await _agent(call).provision_command(body.price, body.ttlSeconds, call.origin)
+    return a.InstallCommand.model_validate(answer)
+
+
+async def revoke_install_token(call: Call) -> BaseModel:
+    revoked = await _agent(call).revoke_provision_token(call.params["tokenId"])
+    return a.RevokedInstallToken(provisionToken=revoked)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -104,5 +116,30 @@ ROUTES: tuple[Route, ...] = (
         roles=AGENT,
         tag="agent",
         errors=(502,),
+    ),
+    Route(
+        "POST",
+        "agent/install-command",
+        install_command,
+        "For a machine without an agent: a provisioning token for this agent's wallet and the "
+        "exact command that shares that machine with it (Jupyter's token)",
+        a.InstallCommand,
+        body=a.InstallCommandRequest,
+        auth="operator",
+        roles=AGENT,
+        tag="agent",
+        errors=(409, 502),
+    ),
+    Route(
+        "DELETE",
+        r"agent/install-command/(?P<tokenId>[^/]+)",
+        revoke_install_token,
+        "Revoke the provisioning token of an install command: it registers nothing more "
+        "(Jupyter's token)",
+        a.RevokedInstallToken,
+        auth="operator",
+        roles=AGENT,
+        tag="agent",
+        errors=(404, 409, 502),
     ),
 )

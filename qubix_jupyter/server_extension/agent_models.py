@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from pydantic import Field
 
+from .auth import PROVISION_TTL_MAX, PROVISION_TTL_MIN
 from .marketplace_models import Location, Name, Price
 from .models import QU, Request, Response
+from .provision_models import ProvisionTokenOut
 
 SharingStateName = Literal[
     "idle", "detecting", "registering", "starting", "online", "stopping", "error"
@@ -69,3 +72,28 @@ class MarketSummary(Response):
     onlineOffers: int
     minPrice: QU | None = Field(description="the cheapest online offer, QU per GPU-hour")
     maxPrice: QU | None = Field(description="the dearest online offer, QU per GPU-hour")
+
+
+class InstallCommandRequest(Request):
+    price: Price = Field(description="QU per GPU-hour the other machine asks for its offer")
+    ttlSeconds: int | None = Field(
+        default=None,
+        ge=PROVISION_TTL_MIN,
+        le=PROVISION_TTL_MAX,
+        description="seconds the command's token stays valid (default a day, at most 30 days)",
+    )
+
+
+class InstallCommand(Response):
+    command: str = Field(
+        description="run it on the machine to share: pip install qubix-jupyter && qubix provide "
+        "--market URL --token qxp_… --price P"
+    )
+    marketUrl: str = Field(description="the market the command registers with")
+    price: QU
+    tokenId: str = Field(description="the provisioning token's id, to revoke it")
+    expiresAt: dt.datetime = Field(description="when the token stops registering")
+
+
+class RevokedInstallToken(Response):
+    provisionToken: ProvisionTokenOut

@@ -597,6 +597,7 @@ class QubixExtension(ExtensionApp):
             market_url=market_url,
             seed_file=Path(os.path.expanduser(seed_file)),
             heartbeat_interval_s=self.agent_heartbeat_interval,
+            market_is_this_server=lambda: not self.agent_market_url,
         )
 
     def _security(self) -> object | None:

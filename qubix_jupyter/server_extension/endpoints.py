@@ -32,6 +32,9 @@ class Call:
     #: The caller authenticated with a provisioning token (``owner.token_id`` is its id), on
     #: the routes that take one.
     provisioning: bool = False
+    #: This server's URL as the caller reached it (scheme, host, base URL), e.g.
+    #: ``https://hub.example/user/ann/``.
+    origin: str | None = None
 
     @property
     def caller(self) -> TokenOwner:

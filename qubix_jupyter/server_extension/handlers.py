@@ -281,6 +281,7 @@ class RouteHandler(QubixAPIHandler):
             worker,
             request_key,
             provisioning,
+            f"{self.request.protocol}://{self.request.host}{self.base_url}",
         )
         return await route.endpoint(call)
 
