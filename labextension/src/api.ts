@@ -6,9 +6,16 @@ export class QubixAPIError extends Error {
   constructor(
     readonly status: number,
     readonly code: string,
-    message: string
+    message: string,
+    readonly details: Record<string, unknown> = {}
   ) {
     super(message);
+  }
+
+  /** What to do about it, when the server said (the agent's `details.nextStep`). */
+  get nextStep(): string | null {
+    const step = this.details.nextStep;
+    return typeof step === 'string' ? step : null;
   }
 }
 
@@ -37,7 +44,8 @@ export async function requestAPI<T>(path: string, init: RequestInit = {}): Promi
     throw new QubixAPIError(
       response.status,
       error.code ?? 'http_error',
-      error.message ?? `HTTP ${response.status}`
+      error.message ?? `HTTP ${response.status}`,
+      error.details ?? {}
     );
   }
   return body as T;
@@ -86,4 +94,18 @@ export interface MarketSummary {
   onlineOffers: number;
   minPrice: number | null;
   maxPrice: number | null;
+}
+
+/** POST agent/install-command: the command that shares another machine with this wallet. */
+export interface InstallCommand {
+  command: string;
+  marketUrl: string;
+  price: number;
+  tokenId: string;
+  expiresAt: string;
+}
+
+export interface HealthResponse {
+  status: string;
+  role: 'market' | 'agent' | 'both';
 }

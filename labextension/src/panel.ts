@@ -1,9 +1,12 @@
+import { PageConfig } from '@jupyterlab/coreutils';
 import { Widget } from '@lumino/widgets';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import {
   AgentStatus,
   DetectResponse,
+  HealthResponse,
+  InstallCommand,
   MarketSummary,
   QubixAPIError,
   requestAPI
@@ -43,13 +46,21 @@ function element<K extends keyof HTMLElementTagNameMap>(
   return node;
 }
 
-/** The pip + qubix provide command for a machine without a local agent (the installer). */
-export function installerCommand(marketUrl: string, price: number): string {
+/**
+ * Where no agent can issue a provisioning token: the command that shares a machine signed in
+ * with the user's own wallet seed file on that machine.
+ */
+export function seedCommand(marketUrl: string, price: number): string {
   const market = marketUrl || '<market URL>';
   return (
-    'pip install qubix-jupyter && qubix wallet new --seed-file ~/.qubix/seed && ' +
+    'pip install qubix-jupyter && ' +
     `qubix provide --market ${market} --price ${price} --seed-file ~/.qubix/seed`
   );
+}
+
+function formatTime(iso: string): string {
+  const when = new Date(iso);
+  return Number.isNaN(when.getTime()) ? iso : when.toLocaleString();
 }
 
 /** The QUBIX sidebar: marketplace summary, detected GPUs and Share my GPU. */
@@ -82,6 +93,7 @@ export class QubixPanel extends Widget {
     if (priceUntouched) {
       this._price.value = String(settings.defaultPrice);
     }
+    this._noAgentShown = false; // the command names the market URL of the settings
     void this.refresh();
   }
 
@@ -142,6 +154,217 @@ export class QubixPanel extends Widget {
     this._error = element('div', { class: 'qx-error', id: 'qx-error', role: 'alert' });
     this._error.hidden = true;
     root.appendChild(this._error);
+    this._buildOtherMachine(root);
+  }
+
+  /** "Share another machine": the command for a machine without an agent (the installer). */
+  private _buildOtherMachine(root: HTMLElement): void {
+    root.appendChild(element('h3', { id: 'qx-other-heading' }, 'Share another machine'));
+    const section = element('section', {
+      id: 'qx-other',
+      'aria-labelledby': 'qx-other-heading'
+    });
+    this._otherIntro = element(
+      'p',
+      { id: 'qx-other-intro' },
+      'For a machine without a QUBIX agent (this Lab runs elsewhere, or the GPU is on ' +
+        'another computer): one command there registers its GPUs for this agent’s wallet, ' +
+        'at the price above.'
+    );
+    this._createButton = element(
+      'button',
+      { type: 'button', id: 'qx-install-create', class: 'qx-secondary' },
+      'Create install command'
+    );
+    this._createButton.addEventListener('click', () => void this.createInstallCommand());
+    this._install = element('div', { id: 'qx-install' });
+    this._install.hidden = true;
+    const label = element(
+      'label',
+      { for: 'qx-installer' },
+      'Install command (run it on the machine to share)'
+    );
+    this._installer = element('textarea', {
+      id: 'qx-installer',
+      readonly: '',
+      rows: '6',
+      spellcheck: 'false',
+      'aria-describedby': 'qx-install-note'
+    });
+    this._installNote = element('p', { id: 'qx-install-note' });
+    this._copyButton = element(
+      'button',
+      { type: 'button', id: 'qx-install-copy' },
+      'Copy command'
+    );
+    this._copyButton.addEventListener('click', () => void this.copyInstallCommand());
+    this._revokeButton = element(
+      'button',
+      { type: 'button', id: 'qx-install-revoke', class: 'qx-secondary' },
+      'Revoke its token'
+    );
+    this._revokeButton.addEventListener('click', () => void this.revokeInstallToken());
+    this._install.append(
+      label,
+      this._installer,
+      this._installNote,
+      this._copyButton,
+      this._revokeButton
+    );
+    this._installStatus = element('p', {
+      id: 'qx-install-status',
+      role: 'status',
+      'aria-live': 'polite'
+    });
+    this._installError = element('div', {
+      class: 'qx-error',
+      id: 'qx-install-error',
+      role: 'alert'
+    });
+    this._installError.hidden = true;
+    section.append(
+      this._otherIntro,
+      this._createButton,
+      this._install,
+      this._installStatus,
+      this._installError
+    );
+    root.appendChild(section);
+  }
+
+  /** The price field's value, or null after saying what is wrong with it. */
+  private _validPrice(show: (message: string, nextStep: string) => void): number | null {
+    const price = Number(this._price.value);
+    if (this._price.value.trim() === '' || !Number.isInteger(price) || price < 0) {
+      show(
+        'the price must be a whole number of QU (Qubic has no decimals)',
+        'enter a price such as 10'
+      );
+      this._price.focus();
+      return null;
+    }
+    return price;
+  }
+
+  private _showInstallError(message: string, nextStep: string | null): void {
+    this._installError.hidden = false;
+    this._installError.replaceChildren(element('p', {}, message));
+    if (nextStep) {
+      this._installError.appendChild(element('p', {}, `Next step: ${nextStep}`));
+    }
+  }
+
+  /** Asks the agent for a provisioning token and shows the command that uses it. */
+  async createInstallCommand(): Promise<void> {
+    if (!this._agent) {
+      return;
+    }
+    this._installError.hidden = true;
+    const price = this._validPrice((message, step) => this._showInstallError(message, step));
+    if (price === null) {
+      return;
+    }
+    this._createButton.disabled = true;
+    this._installStatus.textContent = 'Creating a provisioning token…';
+    try {
+      const made = await requestAPI<InstallCommand>('agent/install-command', {
+        method: 'POST',
+        body: JSON.stringify({ price })
+      });
+      this._command = made;
+      this._installer.value = made.command;
+      this._installNote.textContent =
+        `Its token registers machines with ${made.marketUrl}, paid to this agent’s ` +
+        `wallet, until ${formatTime(made.expiresAt)}; it can do nothing else. Anyone ` +
+        'who has the command can use it: revoke the token when you are done.';
+      this._install.hidden = false;
+      this._revokeButton.disabled = false;
+      this._installStatus.textContent = 'Install command ready: copy it to the other machine.';
+      this._installer.focus();
+      this._installer.select();
+    } catch (error) {
+      this._installStatus.textContent = '';
+      const why = (error as Error).message;
+      const step =
+        error instanceof QubixAPIError && error.nextStep
+          ? error.nextStep
+          : 'check the Jupyter server’s log, then try again';
+      this._showInstallError(`No install command: ${why}`, step);
+    } finally {
+      this._createButton.disabled = false;
+    }
+  }
+
+  async copyInstallCommand(): Promise<void> {
+    const text = this._installer.value;
+    this._installer.focus();
+    this._installer.select();
+    try {
+      await navigator.clipboard.writeText(text);
+      this._installStatus.textContent = 'Copied the install command.';
+    } catch {
+      const copied = document.execCommand && document.execCommand('copy');
+      this._installStatus.textContent = copied
+        ? 'Copied the install command.'
+        : 'The browser did not allow copying: the command is selected, press Ctrl+C (⌘C).';
+    }
+  }
+
+  async revokeInstallToken(): Promise<void> {
+    const made = this._command;
+    if (!made) {
+      return;
+    }
+    this._revokeButton.disabled = true;
+    this._installError.hidden = true;
+    try {
+      await requestAPI(`agent/install-command/${encodeURIComponent(made.tokenId)}`, {
+        method: 'DELETE'
+      });
+      this._command = null;
+      this._installer.value = '';
+      this._install.hidden = true;
+      this._installStatus.textContent =
+        'Token revoked: that command registers nothing more (machines it registered keep ' +
+        'running until you stop them there).';
+      this._createButton.focus();
+    } catch (error) {
+      this._revokeButton.disabled = false;
+      const step =
+        error instanceof QubixAPIError && error.nextStep
+          ? error.nextStep
+          : 'try Revoke its token again';
+      this._showInstallError(`The token was not revoked: ${(error as Error).message}`, step);
+    }
+  }
+
+  /** No agent here: no token can be had; say why, and give the seed-file command instead. */
+  private async _showNoAgentCommand(): Promise<void> {
+    let market = this._settings.marketUrl;
+    if (!market) {
+      try {
+        const health = await requestAPI<HealthResponse>('health');
+        if (health.role === 'market') {
+          market = PageConfig.getBaseUrl(); // this server is the market
+        }
+      } catch {
+        // no QUBIX on this server: the command says <market URL>
+      }
+    }
+    const price = Number(this._price.value) || this._settings.defaultPrice;
+    this._otherIntro.textContent =
+      'This Jupyter server runs no QUBIX agent, so it cannot create a provisioning token ' +
+      'for you (the agent is what signs in with your wallet; its operator can turn it on ' +
+      'with c.QubixExtension.role = "both"). Share the machine from a terminal there ' +
+      'instead, signed in with your own wallet’s seed file:';
+    this._createButton.hidden = true;
+    this._revokeButton.hidden = true;
+    this._installer.value = seedCommand(market, price);
+    this._installNote.textContent =
+      (market ? '' : 'Put your market’s URL in Settings → QUBIX, or in the command. ') +
+      '~/.qubix/seed is your wallet’s seed file on that machine (mode 600); without one, ' +
+      '`qubix wallet new --seed-file ~/.qubix/seed` makes a new wallet.';
+    this._install.hidden = false;
   }
 
   private _rows(list: HTMLElement, rows: [string, string][]): void {
@@ -153,7 +376,9 @@ export class QubixPanel extends Widget {
 
   /** Reads everything again: the market, the GPUs (once), sharing's state. */
   async refresh(): Promise<void> {
-    await Promise.all([this._refreshStatus(), this._refreshMarket(), this._detectOnce()]);
+    // The status first: it tells whether this server runs an agent to ask the rest.
+    await this._refreshStatus();
+    await Promise.all([this._refreshMarket(), this._detectOnce()]);
   }
 
   private async _detectOnce(): Promise<void> {
@@ -233,16 +458,19 @@ export class QubixPanel extends Widget {
     this._stopButton.disabled = !this._agent || state === 'idle' || state === 'stopping';
     this._price.disabled = busy || state === 'online';
     if (status === null) {
-      const price = Number(this._price.value) || this._settings.defaultPrice;
       this._error.hidden = false;
       this._error.replaceChildren(
         element(
           'p',
           {},
-          'This Jupyter server runs no QUBIX agent. Share this machine from a terminal instead:'
-        ),
-        element('pre', { id: 'qx-installer' }, installerCommand(this._settings.marketUrl, price))
+          'This Jupyter server runs no QUBIX agent: it cannot share this machine. ' +
+            'See Share another machine below.'
+        )
       );
+      if (!this._noAgentShown) {
+        this._noAgentShown = true;
+        void this._showNoAgentCommand();
+      }
     } else if (status.error) {
       this._showError(status.error, status.nextStep);
     } else {
@@ -280,13 +508,8 @@ export class QubixPanel extends Widget {
   }
 
   async share(): Promise<void> {
-    const price = Number(this._price.value);
-    if (!Number.isInteger(price) || price < 0) {
-      this._showError(
-        'the price must be a whole number of QU (Qubic has no decimals)',
-        'enter a price such as 10'
-      );
-      this._price.focus();
+    const price = this._validPrice((message, step) => this._showError(message, step));
+    if (price === null) {
       return;
     }
     const body: Record<string, unknown> = { price };
@@ -335,4 +558,15 @@ export class QubixPanel extends Widget {
   private _name!: HTMLInputElement;
   private _shareButton!: HTMLButtonElement;
   private _stopButton!: HTMLButtonElement;
+  private _command: InstallCommand | null = null;
+  private _noAgentShown = false;
+  private _otherIntro!: HTMLParagraphElement;
+  private _createButton!: HTMLButtonElement;
+  private _install!: HTMLDivElement;
+  private _installer!: HTMLTextAreaElement;
+  private _installNote!: HTMLParagraphElement;
+  private _copyButton!: HTMLButtonElement;
+  private _revokeButton!: HTMLButtonElement;
+  private _installStatus!: HTMLParagraphElement;
+  private _installError!: HTMLDivElement;
 }

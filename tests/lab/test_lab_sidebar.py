@@ -1,21 +1,28 @@
 """The QUBIX sidebar in a real JupyterLab, driven in Debian's headless Chromium: open it, Share
 my GPU until online (the market lists the provider online, so its worker joined the scheduler),
-stop sharing until offline; an axe-core audit finds no serious or critical violation. A
-screenshot of the panel in each state goes to tests/artifacts/lab/ (printed)."""
+stop sharing until offline; create the install command for another machine (its token really
+registers for the agent's wallet), copy it, revoke it; without an agent, the panel says why no
+token can be had and gives the seed-file command. An axe-core audit finds no serious or
+critical violation. A screenshot of the panel in each state goes to tests/artifacts/lab/."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+
+from qubix_jupyter.settlement.keys import KeyPair
+from qubix_jupyter.settlement.wallet import read_seed_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -53,6 +60,16 @@ def _free_port() -> int:
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[str]:
     """``jupyter lab`` with the market and the agent in one server (role both)."""
+    yield from _lab(tmp_path, "both")
+
+
+@pytest.fixture
+def lab_market(tmp_path: Path) -> Iterator[str]:
+    """``jupyter lab`` whose server is a market without an agent (role market)."""
+    yield from _lab(tmp_path, "market")
+
+
+def _lab(tmp_path: Path, role: str) -> Iterator[str]:
     _require(CHROMIUM, "Debian's Chromium")
     _require(BUILT, "the built Lab extension")
     _require(AXE, "axe-core (labextension/node_modules)")
@@ -64,7 +81,7 @@ def lab(tmp_path: Path) -> Iterator[str]:
                 "IdentityProvider": {"token": TOKEN},
                 "ServerApp": {"jpserver_extensions": {"qubix_jupyter": True}},
                 "QubixExtension": {
-                    "role": "both",
+                    "role": role,
                     "agent_seed_file": str(tmp_path / "agent-seed"),
                     "agent_heartbeat_interval": 1.0,
                 },
@@ -126,7 +143,28 @@ def _agent(base: str, path: str) -> dict:
     return answer.json()
 
 
-def test_share_my_gpu_from_the_lab_sidebar(lab: str) -> None:
+def _audit(page: Any) -> None:
+    page.add_script_tag(path=str(AXE))
+    audit = page.evaluate("async () => (await axe.run('#qubix-panel')).violations")
+    serious = [v for v in audit if v["impact"] in {"serious", "critical"}]
+    assert not serious, json.dumps(serious, indent=1)[:4000]
+
+
+def _quick_register(base: str, token: str, worker_id: str) -> httpx.Response:
+    return httpx.post(
+        base + "qubix/api/providers/quick-register",
+        json={
+            "type": "native",
+            "gpu": {"type": "native", "count": 0},
+            "workerId": worker_id,
+            "pricePerHour": 12,
+        },
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
+def test_share_my_gpu_from_the_lab_sidebar(lab: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -144,10 +182,7 @@ def test_share_my_gpu_from_the_lab_sidebar(lab: str) -> None:
             expect(panel.get_by_text("Online offers")).to_be_visible(timeout=30_000)
             panel.screenshot(path=str(ARTIFACTS / "idle.png"))
 
-            page.add_script_tag(path=str(AXE))
-            audit = page.evaluate("async () => (await axe.run('#qubix-panel')).violations")
-            serious = [v for v in audit if v["impact"] in {"serious", "critical"}]
-            assert not serious, json.dumps(serious, indent=1)[:4000]
+            _audit(page)
 
             # Keyboard: the price field and the buttons are reachable and labelled.
             price = page.get_by_label("Price (QU per GPU-hour)")
@@ -174,5 +209,78 @@ def test_share_my_gpu_from_the_lab_sidebar(lab: str) -> None:
             while httpx.get(f"{lab}qubix/api/providers/{status['workerId']}").json()["isOnline"]:
                 assert time.monotonic() < deadline, "the provider stayed online after stop"
                 time.sleep(0.3)
+
+            # Share another machine: the install command, by keyboard.
+            page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+            page.get_by_role("button", name="Create install command").focus()
+            page.keyboard.press("Enter")
+            command_box = page.get_by_label("Install command (run it on the machine to share)")
+            expect(command_box).to_have_value(re.compile(r"^pip install"), timeout=30_000)
+            command = command_box.input_value()
+            match = re.fullmatch(
+                r"pip install qubix-jupyter && qubix provide --market (\S+) "
+                r"--token (qxp_[\w-]+) --price 12",
+                command,
+            )
+            assert match, command
+            assert match[1] == lab  # the market is this server, as the browser reaches it
+            expect(panel.locator("#qx-install-status")).to_contain_text("ready")
+            panel.screenshot(path=str(ARTIFACTS / "install-command.png"))
+            _audit(page)
+            page.get_by_role("button", name="Copy command").focus()
+            page.keyboard.press("Enter")
+            expect(panel.locator("#qx-install-status")).to_have_text("Copied the install command.")
+            assert page.evaluate("navigator.clipboard.readText()") == command
+            # Its token registers for the agent's wallet, and only that.
+            token = match[2]
+            registered = _quick_register(lab, token, "lab-other-machine")
+            assert registered.status_code == 200, registered.text
+            agent_wallet = KeyPair.from_seed(read_seed_file(tmp_path / "agent-seed")).identity
+            assert registered.json()["provider"]["qubicAddress"] == agent_wallet
+            me = httpx.get(
+                f"{lab}qubix/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=10
+            )
+            assert me.status_code == 401
+            # Revoked from the panel: it registers nothing more.
+            page.get_by_role("button", name="Revoke its token").click()
+            expect(panel.locator("#qx-install-status")).to_contain_text(
+                "Token revoked", timeout=30_000
+            )
+            assert _quick_register(lab, token, "lab-other-machine").status_code == 401
+            _audit(page)
+        finally:
+            browser.close()
+
+
+def test_share_another_machine_says_why_no_token_here_without_an_agent(
+    lab_market: str,
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{lab_market}lab?token={TOKEN}")
+            tab = page.locator('.jp-SideBar [data-id="qubix-panel"]')
+            tab.wait_for(timeout=120_000)
+            tab.click()
+            panel = page.locator("#qubix-panel")
+            expect(panel).to_have_attribute("data-state", "no-agent", timeout=30_000)
+            expect(panel.locator("#qx-other-intro")).to_contain_text(
+                "runs no QUBIX agent, so it cannot create a provisioning token"
+            )
+            expect(page.get_by_role("button", name="Create install command")).to_be_hidden()
+            command_box = page.get_by_label("Install command (run it on the machine to share)")
+            # This server is the market (role market): the command names it.
+            expect(command_box).to_have_value(
+                f"pip install qubix-jupyter && qubix provide --market {lab_market} --price 10 "
+                "--seed-file ~/.qubix/seed",
+                timeout=30_000,
+            )
+            expect(page.get_by_role("button", name="Share my GPU")).to_be_disabled()
+            panel.screenshot(path=str(ARTIFACTS / "no-agent.png"))
+            _audit(page)
         finally:
             browser.close()
