@@ -33,6 +33,14 @@ def cpu_offer(worker_id: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def heartbeat_body() -> dict[str, Any]:
+    usage = {"cpuPercent": 1.0, "ramPercent": 2.0, "ramUsedGb": 1.0, "ramTotalGb": 8.0}
+    return {
+        "usage": {**usage, "timestamp": dt.datetime.now(dt.UTC).isoformat()},
+        "status": "online",
+    }
+
+
 async def issue(api: Api, user_token: str, **body: Any) -> dict[str, Any]:
     answer = await api("POST", "providers/provision-tokens", json_body=body, token=user_token)
     assert answer.code == 200, answer.body
@@ -130,16 +138,7 @@ async def test_a_token_registers_providers_for_its_owner_again_and_again(api: Ap
     assert body_of(again)["created"] is False
     assert body_of(again)["provider"]["id"] == provider["id"]
     # Registering again rotated gpu-0's worker token; the new one is a working worker token.
-    heartbeat = {
-        "usage": {
-            "cpuPercent": 1.0,
-            "ramPercent": 2.0,
-            "ramUsedGb": 1.0,
-            "ramTotalGb": 8.0,
-            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-        },
-        "status": "online",
-    }
+    heartbeat = heartbeat_body()
     stale = await api("POST", "providers/gpu-0/heartbeat", json_body=heartbeat, token=worker_token)
     assert stale.code == 401
     fresh = body_of(again)["workerToken"]
@@ -245,16 +244,7 @@ async def test_a_revoked_token_is_refused_at_once(api: Api):
     beat = await api(
         "POST",
         "providers/w-rev/heartbeat",
-        json_body={
-            "usage": {
-                "cpuPercent": 1.0,
-                "ramPercent": 2.0,
-                "ramUsedGb": 1.0,
-                "ramTotalGb": 8.0,
-                "timestamp": dt.datetime.now(dt.UTC).isoformat(),
-            },
-            "status": "online",
-        },
+        json_body=heartbeat_body(),
         token=body_of(first)["workerToken"],
     )
     assert beat.code == 200, beat.body
