@@ -240,6 +240,7 @@ def _stop(process: _Process) -> None:
 
 
 def _reap(process: _Process) -> None:
+    """Give it the grace period to exit, then stop it."""
     if not _wait(process, _GRACE_S):
         _stop(process)
 
@@ -248,8 +249,7 @@ def _discard(started: _Started) -> None:
     """Close a child that took no job: it sees the pipe close and exits."""
     process, conn = started
     conn.close()
-    if not _wait(process, _GRACE_S):
-        _stop(process)
+    _reap(process)
 
 
 class Standby:
@@ -386,8 +386,7 @@ def run_job(
     finally:
         receiver.close()
         if final is None:
-            if not _wait(process, _GRACE_S):
-                _stop(process)
+            _reap(process)
         else:  # it has answered: let it exit (a few ms of teardown) without waiting here
             threading.Thread(target=_reap, args=(process,), name="qubix-job-reap").start()
     seconds = time.monotonic() - started

@@ -396,26 +396,21 @@ class ExecutionService:
 
     async def _settle(self, run: Run, *, succeeded: bool, result: Any, error: str | None) -> None:
         async with run.order:  # after the progress it reported before it finished
-            await self._settle_now(run, succeeded=succeeded, result=result, error=error)
-
-    async def _settle_now(
-        self, run: Run, *, succeeded: bool, result: Any, error: str | None
-    ) -> None:
-        async with self._sessionmaker() as session:
-            job = await session.get(Job, run.job_id)
-        if job is None or not self._current(job, run):
-            return  # an answer of an earlier run: that run was settled (or lost) already
-        # ResultTooLarge: the job failed, charged its time, and its error says why.
-        with contextlib.suppress(ResultTooLarge):
-            await self._jobs.complete(
-                run.job_id,
-                run.owner,
-                worker_id=run.worker_id,
-                succeeded=succeeded,
-                result=result,
-                error=error,
-                request_key=f"job:{run.job_id}:run:{run.step}",
-            )
+            async with self._sessionmaker() as session:
+                job = await session.get(Job, run.job_id)
+            if job is None or not self._current(job, run):
+                return  # an answer of an earlier run: that run was settled (or lost) already
+            # ResultTooLarge: the job failed, charged its time, and its error says why.
+            with contextlib.suppress(ResultTooLarge):
+                await self._jobs.complete(
+                    run.job_id,
+                    run.owner,
+                    worker_id=run.worker_id,
+                    succeeded=succeeded,
+                    result=result,
+                    error=error,
+                    request_key=f"job:{run.job_id}:run:{run.step}",
+                )
 
     async def _provider_lost(self, job_id: str, provider_id: str | None, *, reason: str) -> None:
         """Reassign once per loss: the scheduler, the dispatcher and liveness may all report
