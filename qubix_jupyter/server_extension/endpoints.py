@@ -57,6 +57,10 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
 
 
+def _utc_or_none(moment: dt.datetime | None) -> dt.datetime | None:
+    return None if moment is None else _utc(moment)
+
+
 async def _user_out(services: Services, user: User) -> models.UserOut:
     return models.UserOut(
         id=user.id,

@@ -6,22 +6,16 @@ provider's assigned jobs. Paths name a provider by its ``workerId``.
 
 from __future__ import annotations
 
-import datetime as dt
-
 from pydantic import BaseModel
 
 from ..db import liveness as db
 from ..market.liveness import ProviderStatus
 from . import liveness_models as m
-from .endpoints import Call, _utc
+from .endpoints import Call, _utc, _utc_or_none
 from .errors import Forbidden, ValidationFailed
 from .liveness import Usage
 from .marketplace_endpoints import _by_worker
 from .route import Route
-
-
-def _aware(moment: dt.datetime | None) -> dt.datetime | None:
-    return None if moment is None else _utc(moment)
 
 
 async def heartbeat(call: Call) -> BaseModel:
@@ -78,7 +72,11 @@ async def metrics(call: Call) -> BaseModel:
         if provider.user_id != call.caller.user.id:
             raise Forbidden("only the provider's owner may read its metrics")
         rows = await db.metrics_history(
-            session, provider.id, since=_aware(q.since), until=_aware(q.until), limit=q.limit
+            session,
+            provider.id,
+            since=_utc_or_none(q.since),
+            until=_utc_or_none(q.until),
+            limit=q.limit,
         )
     return m.MetricsHistory(
         workerId=provider.worker_id,

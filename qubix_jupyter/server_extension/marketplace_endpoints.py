@@ -18,7 +18,7 @@ from ..market.marketplace import InvalidMarketplaceQuery, MarketplaceQuery, Unkn
 from ..market.states import ProviderType
 from . import marketplace_models as m
 from . import provider_events
-from .endpoints import Call, _utc
+from .endpoints import Call, _utc, _utc_or_none
 from .errors import Forbidden, ValidationFailed
 from .route import Route
 
@@ -64,7 +64,7 @@ def _offer_fields(provider: Provider) -> dict[str, object]:
         "isAvailable": provider.is_available,
         "totalJobs": provider.total_jobs,
         "registeredAt": _utc(provider.registered_at),
-        "lastHeartbeat": None if provider.last_heartbeat is None else _utc(provider.last_heartbeat),
+        "lastHeartbeat": _utc_or_none(provider.last_heartbeat),
     }
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from ..db.auth_store import ProvisionRecord
 from ..market.errors import QubixError
 from . import provision_models as p
-from .endpoints import Call, _utc
+from .endpoints import Call, _utc, _utc_or_none
 from .route import Route
 
 
@@ -41,8 +41,8 @@ def token_out(record: ProvisionRecord, now: dt.datetime | None = None) -> p.Prov
         status=status,
         createdAt=_utc(record.created_at),
         expiresAt=expires_at,
-        revokedAt=None if record.revoked_at is None else _utc(record.revoked_at),
-        lastUsedAt=None if record.last_used_at is None else _utc(record.last_used_at),
+        revokedAt=_utc_or_none(record.revoked_at),
+        lastUsedAt=_utc_or_none(record.last_used_at),
         useCount=record.use_count,
     )
 
