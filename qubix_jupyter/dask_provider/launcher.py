@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..market.credentials import PROVISION_TOKEN_PREFIX
 from ..market.errors import QubixError
 from ..settlement.keys import KeyPair
 from ..settlement.wallet import sign_challenge
@@ -50,7 +51,6 @@ class ProvisionTokenRefused(MarketRefused):
     code = "provision_token_refused"
 
 
-PROVISION_TOKEN_PREFIX = "qxp_"
 #: Variables of this process a worker does not inherit: its device's and the sign-in secrets.
 _NOT_FOR_WORKERS = frozenset(
     {"QUBIX_GPU_INDEX", "QUBIX_SEED", "QUBIX_PROVISION_TOKEN", "QUBIX_TOKEN"}

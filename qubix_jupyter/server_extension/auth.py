@@ -23,13 +23,11 @@ from collections.abc import Callable
 
 from ..db.auth_store import AuthStore, ProvisionRecord, TokenOwner, WorkerOwner
 from ..db.models import User
+from ..market.credentials import PROVISION_TOKEN_PREFIX, WORKER_TOKEN_PREFIX
 from ..settlement.wallet import verify_challenge
 from .errors import InvalidChallenge, InvalidSignature, RateLimited, Unauthorized
 
 CHALLENGE_PREFIX = "qubix-login:"
-#: Worker tokens carry a prefix, so that a log line or a misdirected header says what it is.
-WORKER_TOKEN_PREFIX = "qxw_"
-PROVISION_TOKEN_PREFIX = "qxp_"
 #: A provisioning token lives a day unless asked otherwise; at least a minute, at most 30 days.
 PROVISION_TTL_DEFAULT = 24 * 3600
 PROVISION_TTL_MIN = 60
