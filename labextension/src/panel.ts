@@ -58,6 +58,15 @@ export function seedCommand(marketUrl: string, price: number): string {
   );
 }
 
+/** Show an error and, when there is one, the next step to take, in `box`. */
+function showError(box: HTMLElement, message: string, nextStep: string | null): void {
+  box.hidden = false;
+  box.replaceChildren(element('p', {}, message));
+  if (nextStep) {
+    box.appendChild(element('p', {}, `Next step: ${nextStep}`));
+  }
+}
+
 function formatTime(iso: string): string {
   const when = new Date(iso);
   return Number.isNaN(when.getTime()) ? iso : when.toLocaleString();
@@ -247,11 +256,7 @@ export class QubixPanel extends Widget {
   }
 
   private _showInstallError(message: string, nextStep: string | null): void {
-    this._installError.hidden = false;
-    this._installError.replaceChildren(element('p', {}, message));
-    if (nextStep) {
-      this._installError.appendChild(element('p', {}, `Next step: ${nextStep}`));
-    }
+    showError(this._installError, message, nextStep);
   }
 
   /** Asks the agent for a provisioning token and shows the command that uses it. */
@@ -493,11 +498,7 @@ export class QubixPanel extends Widget {
   }
 
   private _showError(message: string, nextStep: string | null): void {
-    this._error.hidden = false;
-    this._error.replaceChildren(element('p', {}, message));
-    if (nextStep) {
-      this._error.appendChild(element('p', {}, `Next step: ${nextStep}`));
-    }
+    showError(this._error, message, nextStep);
   }
 
   private _schedule(ms: number): void {

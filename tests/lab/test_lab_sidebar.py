@@ -164,6 +164,16 @@ def _quick_register(base: str, token: str, worker_id: str) -> httpx.Response:
     )
 
 
+def _open_panel(browser: Any, lab: str) -> tuple[Any, Any]:
+    """JupyterLab at ``lab`` in a new page, with the QUBIX sidebar opened: (page, panel)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(f"{lab}lab?token={TOKEN}")
+    tab = page.locator('.jp-SideBar [data-id="qubix-panel"]')
+    tab.wait_for(timeout=120_000)
+    tab.click()
+    return page, page.locator("#qubix-panel")
+
+
 def test_share_my_gpu_from_the_lab_sidebar(lab: str, tmp_path: Path) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -172,12 +182,7 @@ def test_share_my_gpu_from_the_lab_sidebar(lab: str, tmp_path: Path) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{lab}lab?token={TOKEN}")
-            tab = page.locator('.jp-SideBar [data-id="qubix-panel"]')
-            tab.wait_for(timeout=120_000)
-            tab.click()
-            panel = page.locator("#qubix-panel")
+            page, panel = _open_panel(browser, lab)
             expect(panel).to_have_attribute("data-state", "idle", timeout=30_000)
             expect(panel.get_by_text("Online offers")).to_be_visible(timeout=30_000)
             panel.screenshot(path=str(ARTIFACTS / "idle.png"))
@@ -261,12 +266,7 @@ def test_share_another_machine_says_why_no_token_here_without_an_agent(
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{lab_market}lab?token={TOKEN}")
-            tab = page.locator('.jp-SideBar [data-id="qubix-panel"]')
-            tab.wait_for(timeout=120_000)
-            tab.click()
-            panel = page.locator("#qubix-panel")
+            page, panel = _open_panel(browser, lab_market)
             expect(panel).to_have_attribute("data-state", "no-agent", timeout=30_000)
             expect(panel.locator("#qx-other-intro")).to_contain_text(
                 "runs no QUBIX agent, so it cannot create a provisioning token"
