@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Sequence
 
@@ -86,6 +87,11 @@ def _serve(args: argparse.Namespace) -> int:
     app = ServerApp.instance(config=config)
     app.initialize(argv=[])
     print(f"QUBIX market API: {url_path_join(app.connection_url, 'qubix/api/health')}", flush=True)
+    # Everything loaded so far (Jupyter, SQLAlchemy, Dask, the route table) lives as long as
+    # the process: keep it out of the collector's full passes, which otherwise walk it all
+    # again and again under load and stall requests behind the pause.
+    gc.collect()
+    gc.freeze()
     app.start()
     return 0
 

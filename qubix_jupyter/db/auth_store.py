@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Collection
 from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -95,6 +96,19 @@ async def add_worker_token(
     )
     session.add(WorkerToken(provider_id=provider_id, token_hash=token_hash, created_at=now))
     await session.flush()
+
+
+#: Built once (every provider's first heartbeat after a restart runs it).
+_WORKER_OWNERS = (
+    select(
+        WorkerToken.token_hash, Provider.id, Provider.worker_id, Provider.user_id, WorkerToken.id
+    )
+    .join(WorkerToken, WorkerToken.provider_id == Provider.id)
+    .where(
+        WorkerToken.token_hash.in_(bindparam("hashes", expanding=True)),
+        WorkerToken.revoked_at.is_(None),
+    )
+)
 
 
 class AuthStore:
@@ -219,17 +233,18 @@ class AuthStore:
             )
             return _rowcount(result) == 1
 
-    async def worker_owner(self, token_hash: str) -> WorkerOwner | None:
-        """The provider of a live (unrevoked) worker token, else None."""
+    async def worker_owners(self, token_hashes: Collection[str]) -> dict[str, WorkerOwner]:
+        """The provider of each live (unrevoked) worker token among these; others are absent."""
+        found: dict[str, WorkerOwner] = {}
+        hashes = sorted(token_hashes)
         async with self._sessionmaker() as session:
-            row = (
-                await session.execute(
-                    select(Provider.id, Provider.worker_id, Provider.user_id, WorkerToken.id)
-                    .join(WorkerToken, WorkerToken.provider_id == Provider.id)
-                    .where(WorkerToken.token_hash == token_hash, WorkerToken.revoked_at.is_(None))
+            for start in range(0, len(hashes), 500):
+                rows = await session.execute(
+                    _WORKER_OWNERS, {"hashes": hashes[start : start + 500]}
                 )
-            ).one_or_none()
-            return None if row is None else WorkerOwner(*row)
+                for token_hash, *owner in rows:
+                    found[token_hash] = WorkerOwner(*owner)
+        return found
 
     # ------------------------------------------------------------------ provisioning tokens
 

@@ -46,7 +46,14 @@ from .agent_endpoints import AGENT
 from .auth import AuthService, RateLimiter
 from .events import EventHub, HeartbeatPolicy, HubState
 from .execution import EXECUTION, ExecutionService
-from .handlers import OPENAPI, SERVICES, NotFoundHandler, RouteHandler
+from .handlers import (
+    OPENAPI,
+    SERVICES,
+    NotFoundHandler,
+    RouteHandler,
+    WorkerRouteHandler,
+    serves_on_tornado,
+)
 from .jobs import JobService
 from .liveness import HeartbeatBuffer
 from .metrics import MarketMetrics
@@ -643,8 +650,16 @@ class QubixExtension(ExtensionApp):
             self.log.error("QUBIX scheduler not started: %s", exc)
 
     def initialize_handlers(self) -> None:
-        for path, methods in by_path(self.routes).items():
-            self.handlers.append((API_PREFIX + path, RouteHandler, {"routes": methods}))
+        table = by_path(self.routes)
+        # The worker-token paths first: tornado tries patterns in order, and these take the
+        # market's busiest traffic. No other path of the table matches theirs (tested in
+        # test_openapi), so the order changes nothing else.
+        workers = {path: methods for path, methods in table.items() if serves_on_tornado(methods)}
+        for path, methods in workers.items():
+            self.handlers.append((API_PREFIX + path, WorkerRouteHandler, {"routes": methods}))
+        for path, methods in table.items():
+            if path not in workers:
+                self.handlers.append((API_PREFIX + path, RouteHandler, {"routes": methods}))
         if self.role in MARKET:
             self.handlers.append(
                 (API_PREFIX + EVENTS_PATH, EventsHandler, {"heartbeat": self.event_heartbeat})

@@ -1,7 +1,12 @@
-"""The HTTP boundary: one handler class that every route of the table goes through.
+"""The HTTP boundary: the handler classes that every route of the table goes through.
 
-It parses JSON (size-limited), validates it with the route's pydantic model, authenticates the
-market's bearer token, applies the rate limit, calls the endpoint and serializes its answer.
+A path whose every method takes a worker token (heartbeat, progress, completion: the routes each
+provider calls every few seconds) is served by :class:`WorkerRouteHandler`, a plain tornado
+handler: those callers never carry Jupyter's login, so Jupyter's per-request identity work has
+nothing to find and only costs time. Every other path goes through :class:`RouteHandler`, a
+Jupyter ``APIHandler``. Both dispatch the same way (:class:`_RouteDispatch`): it parses
+JSON (size-limited), validates it with the route's pydantic model, authenticates the market's
+bearer token, applies the rate limit, calls the endpoint and serializes its answer.
 :class:`QubixError` becomes the error body of DESIGN.md §6 here and only here; anything else
 escapes to tornado, which logs it and calls :meth:`QubixAPIHandler.write_error` for a generic 500.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import re
 import uuid
 from http import HTTPStatus
@@ -20,7 +26,7 @@ from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
-from tornado.web import HTTPError, stream_request_body
+from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..db.idempotency_store import Answer
 from ..market.errors import QubixError
@@ -58,8 +64,16 @@ def _status_code(status: int) -> str:
         return "error"
 
 
-class QubixAPIHandler(ExtensionHandlerMixin, APIHandler):
-    """JSON in, JSON out, the market's own authentication; never a traceback to the client."""
+class _MarketAPI:
+    """JSON in, JSON out, the market's own authentication; never a traceback to the client.
+
+    Shared by the Jupyter handlers and the plain tornado one; written against tornado's
+    ``RequestHandler`` (``self.request``, ``self.settings``, ``self.log``).
+    """
+
+    request: Any
+    settings: dict[str, Any]
+    log: Any
 
     @property
     def services(self) -> Services:
@@ -140,15 +154,13 @@ class QubixAPIHandler(ExtensionHandlerMixin, APIHandler):
         self.finish(json.dumps({"error": {"code": code, "message": message, "details": {}}}))
 
 
-@stream_request_body
-class RouteHandler(QubixAPIHandler):
+class _RouteDispatch(_MarketAPI):
     """Serves one path of the route table, every method it lists.
 
     The body is streamed in so that one over ``max_body_bytes`` is counted, not kept in memory.
     """
 
-    def initialize(self, name: str, routes: dict[str, Route]) -> None:  # type: ignore[override]
-        super().initialize(name)
+    def _start(self, routes: dict[str, Route]) -> None:
         self.routes = routes
         self._chunks: list[bytes] = []
         self._received = 0
@@ -346,6 +358,84 @@ class RouteHandler(QubixAPIHandler):
                 "request body does not match the schema",
                 errors=exc.errors(include_url=False, include_input=False, include_context=False),
             ) from exc
+
+
+class QubixAPIHandler(_MarketAPI, ExtensionHandlerMixin, APIHandler):
+    """A Jupyter API handler speaking the market's errors."""
+
+
+@stream_request_body
+class RouteHandler(_RouteDispatch, ExtensionHandlerMixin, APIHandler):
+    """A path of the route table through Jupyter's handler stack (identity, host check, …)."""
+
+    def initialize(self, name: str, routes: dict[str, Route]) -> None:  # type: ignore[override]
+        super().initialize(name)
+        self._start(routes)
+
+
+@stream_request_body
+class WorkerRouteHandler(_RouteDispatch, RequestHandler):
+    """A path whose every method takes a worker token, on plain tornado.
+
+    What Jupyter's stack would add is replaced here: JSON content type and a closed content
+    security policy on every answer, the market's origin check and CORS headers (in
+    :class:`_MarketAPI`), no XSRF check (a worker token is a header, never a cookie), and the
+    request log and Prometheus histogram through the application's ``log_function`` as before.
+    """
+
+    def initialize(self, routes: dict[str, Route]) -> None:  # type: ignore[override]
+        self._start(routes)
+
+    @property
+    def log(self) -> Any:  # type: ignore[override]
+        return self.settings["serverapp"].log
+
+    @property
+    def base_url(self) -> str:
+        return str(self.settings.get("base_url", "/"))
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Security-Policy", "default-src 'none'")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_cors_headers()
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def _log(self) -> None:
+        # Jupyter's request log writes a success at DEBUG level and times it in its Prometheus
+        # histogram: at thousands of heartbeats a second that is a tenth of the server's CPU
+        # for a line nobody reads. Successes are counted in the market's own qubix_http_*
+        # metrics (on_finish); anything else, or a DEBUG log, goes through Jupyter's as before.
+        if self.get_status() < 300 and not _writes_debug(self.log):
+            return
+        super()._log()
+
+    def finish(self, chunk: Any = None, set_content_type: str = "application/json") -> Any:
+        self.set_header("Content-Type", set_content_type)
+        return super().finish(chunk)
+
+
+def _writes_debug(logger: logging.Logger) -> bool:
+    """Whether a DEBUG record of ``logger`` would be written anywhere.
+
+    Traitlets leaves its application loggers at DEBUG and filters in the handlers, so
+    ``isEnabledFor`` is always true there: ask the handlers.
+    """
+    if not logger.isEnabledFor(logging.DEBUG):
+        return False
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(h.level <= logging.DEBUG for h in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
+def serves_on_tornado(routes: dict[str, Route]) -> bool:
+    """Whether a path (its routes by method) is served by :class:`WorkerRouteHandler`."""
+    return all(route.auth == "worker" for route in routes.values())
 
 
 class NotFoundHandler(QubixAPIHandler):

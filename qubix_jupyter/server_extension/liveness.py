@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +37,7 @@ from ..db.models import Provider, utcnow
 from ..market.events import EventType
 from ..market.liveness import LivenessPolicy, ProviderStatus, flags_after, status_of
 from . import provider_events
+from .batching import SharedReads
 from .events import EventHub
 from .marketplace_endpoints import offer_out
 
@@ -119,6 +120,22 @@ class HeartbeatBuffer:
         self._last_prune: dt.datetime | None = None
         #: Called with the workerIds each liveness check took offline (their jobs move on).
         self.on_offline: list[Callable[[list[str]], Awaitable[object]]] = []
+        self._assigned: SharedReads[str, Sequence[db.AssignedJob]] = SharedReads(
+            self._read_assigned, ()
+        )
+
+    async def assigned_jobs(self, provider_id: str) -> Sequence[db.AssignedJob]:
+        """The provider's ASSIGNED jobs, oldest first, read after this call was made.
+
+        Heartbeats arriving together share one read (``batching.SharedReads``).
+        """
+        return await self._assigned.get(provider_id)
+
+    async def _read_assigned(
+        self, provider_ids: Collection[str]
+    ) -> dict[str, list[db.AssignedJob]]:
+        async with self._sessionmaker() as session:
+            return await db.assigned_jobs(session, provider_ids)
 
     @property
     def pending(self) -> int:

@@ -1,7 +1,8 @@
 """Provider liveness endpoints: the worker's heartbeat, and the owner's metrics history.
 
 A heartbeat is buffered (``liveness.HeartbeatBuffer``), not written: the request reads only the
-provider's assigned jobs. Paths name a provider by its ``workerId``.
+provider's assigned jobs, in a read it shares with the heartbeats arriving at the same time.
+Paths name a provider by its ``workerId``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ async def heartbeat(call: Call) -> BaseModel:
         ),
         body.currentJob,
     )
-    async with call.services.sessionmaker() as session:
-        jobs = await db.assigned_jobs(session, worker.provider_id)
+    jobs = await call.services.liveness.assigned_jobs(worker.provider_id)
     return m.HeartbeatResponse(
         success=True,
         pendingJobs=[

@@ -8,6 +8,8 @@ two servers in one process (tests) never share or double-register series.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select
@@ -81,10 +83,20 @@ class MarketMetrics:
             registry=registry,
         )
         self.settlement.labels(backend=settlement_backend).set(1)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route=route, method=method, status=str(status)).inc()
-        self.latency.labels(route=route, method=method).observe(seconds)
+        # The labelled children, looked up once per (route, method, status): labels() costs
+        # more than the observation itself, on every request.
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route=route, method=method, status=str(status)),
+                self.latency.labels(route=route, method=method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def _read_market(self) -> None:
         async with self._sessionmaker() as session:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from pytest_jupyter.jupyter_server import jp_ws_fetch  # noqa: F401 (a fixture)
-from sqlalchemy import select
+from sqlalchemy import event, select
 from tornado.websocket import WebSocketClientConnection
 
 from qubix_jupyter.db.models import Job, Provider, ProviderMetric
@@ -195,6 +195,129 @@ async def test_heartbeat_answers_the_jobs_assigned_to_the_provider(api: Api, ser
     [job] = body_of(answer)["pendingJobs"]
     assert set(job) == {"id", "modelType", "computeNeeded", "createdAt"}
     assert (job["modelType"], job["computeNeeded"]) == ("python-assigned", 0.5)
+
+
+def _assigned(user_id: str, provider_id: str, name: str) -> Job:
+    return Job(
+        user_id=user_id,
+        provider_id=provider_id,
+        model_type=name,
+        compute_seconds=3600,
+        max_price=10,
+        estimated_cost=10,
+        status=JobStatus.ASSIGNED,
+    )
+
+
+@pytest.mark.parametrize("qubix_config", [MANUAL_FLUSH])
+async def test_heartbeats_arriving_together_share_one_read_of_their_jobs(
+    api: Api, services: Services
+):
+    alice = await login(api)
+    ids = []
+    for n in range(6):
+        registered = await register(api, alice["token"], offer(f"w-{n}", ALICE))
+        ids.append(registered["provider"]["id"])
+    async with services.sessionmaker() as session, session.begin():
+        session.add_all(
+            [
+                _assigned(alice["user"]["id"], ids[0], "first-of-0"),
+                _assigned(alice["user"]["id"], ids[3], "only-of-3"),
+                _assigned(alice["user"]["id"], ids[0], "second-of-0"),
+            ]
+        )
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM jobs" in statement:
+            statements.append(statement)
+
+    engine = services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        answers = await asyncio.gather(*(services.liveness.assigned_jobs(i) for i in ids))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [[j.model_type for j in jobs] for jobs in answers] == [
+        ["first-of-0", "second-of-0"],
+        [],
+        [],
+        ["only-of-3"],
+        [],
+        [],
+    ]
+    assert len(statements) == 1, statements
+
+
+@pytest.mark.parametrize("qubix_config", [MANUAL_FLUSH])
+async def test_worker_tokens_looked_up_together_share_one_query(api: Api, services: Services):
+    alice = await login(api)
+    registered = [await register(api, alice["token"], offer(f"w-{n}", ALICE)) for n in range(5)]
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "FROM worker_tokens" in statement or "JOIN worker_tokens" in statement:
+            statements.append(statement)
+
+    engine = services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:  # registering forgot any cached lookup: these are all cold, as after a restart
+        owners = await asyncio.gather(
+            *(services.auth.authenticate_worker(f"Bearer {r['workerToken']}") for r in registered)
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert [o.worker_id for o in owners] == [f"w-{n}" for n in range(5)]
+    assert [o.provider_id for o in owners] == [r["provider"]["id"] for r in registered]
+    assert len(statements) == 1, statements
+
+
+@pytest.mark.parametrize("qubix_config", [MANUAL_FLUSH])
+async def test_a_heartbeat_never_gets_an_answer_read_before_it_arrived(
+    api: Api, services: Services
+):
+    alice = await login(api)
+    provider_id = (await register(api, alice["token"], offer("w-1", ALICE)))["provider"]["id"]
+    earlier = asyncio.create_task(services.liveness.assigned_jobs(provider_id))
+    await asyncio.sleep(0)  # its read may have begun
+    async with services.sessionmaker() as session, session.begin():
+        session.add(_assigned(alice["user"]["id"], provider_id, "assigned-meanwhile"))
+    later = await services.liveness.assigned_jobs(provider_id)
+    assert [j.model_type for j in later] == ["assigned-meanwhile"]
+    await earlier
+
+
+@pytest.mark.parametrize("qubix_config", [MANUAL_FLUSH])
+async def test_worker_routes_keep_the_markets_rules_without_jupyters_stack(
+    api: Api, jp_auth_header: dict[str, str]
+):
+    alice = await login(api)
+    token = (await register(api, alice["token"], offer("w-1", ALICE)))["workerToken"]
+    answer = await beat(api, "w-1", token)
+    assert answer.code == 200, answer.body
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["Content-Security-Policy"] == "default-src 'none'"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    # A browser page from another origin is refused, as on every market route.
+    foreign = await api(
+        "POST",
+        "providers/w-1/heartbeat",
+        json_body={"usage": usage(), "status": "online"},
+        token=token,
+        headers={"Origin": "https://evil.example"},
+    )
+    assert foreign.code == 403, foreign.body
+    assert body_of(foreign)["error"]["code"] == "forbidden"
+    assert foreign.headers["Content-Type"] == "application/json"
+    assert "Access-Control-Allow-Origin" not in foreign.headers
+    # Jupyter's own token is not a worker token; a malformed body is a 400/422, never a 500.
+    jupyter = await api(
+        "POST", "providers/w-1/heartbeat", json_body={}, headers=dict(jp_auth_header)
+    )
+    assert jupyter.code == 401, jupyter.body
+    garbage = await api("POST", "providers/w-1/heartbeat", body="{not json", token=token)
+    assert garbage.code == 400, garbage.body
+    assert body_of(garbage)["error"]["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize("qubix_config", [MANUAL_FLUSH])

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import re
 
-from qubix_jupyter.server_extension.handlers import RouteHandler
+from qubix_jupyter.db.models import new_id
+from qubix_jupyter.server_extension.handlers import (
+    RouteHandler,
+    WorkerRouteHandler,
+    serves_on_tornado,
+)
 from qubix_jupyter.server_extension.openapi import IDEMPOTENCY_PARAMETER
-from qubix_jupyter.server_extension.routes import API_PREFIX, ROUTES
+from qubix_jupyter.server_extension.routes import API_PREFIX, ROUTES, by_path
 
 from .conftest import Api, body_of
 
 PARAM = re.compile(r"\{(\w+)\}")
+#: A path parameter of the route table: ``(?P<name>[^/]+)``.
+GROUP = re.compile(r"(\(\?P<\w+>[^)]*\))")
 SECURITY = {
     "public": [],
     "user": [{"bearerAuth": []}],
@@ -24,7 +31,7 @@ def _registered(web_app, base_url: str) -> set[tuple[str, str]]:
     found = set()
     for rule in web_app.default_router.rules:
         for inner in getattr(rule.target, "rules", [rule]):
-            if inner.target is RouteHandler:
+            if inner.target in (RouteHandler, WorkerRouteHandler):
                 pattern = inner.matcher.regex.pattern.rstrip("$")
                 assert pattern.startswith(base_url + API_PREFIX), pattern
                 path = pattern[len(base_url + API_PREFIX) :]
@@ -123,3 +130,28 @@ async def test_every_documented_route_answers(api: Api):
                 assert body_of(response)["error"]["code"] != "not_found", (method, path)
                 continue
             assert response.code in {200, 401, 422}, (method, path, response.code)
+
+
+def test_no_path_of_the_table_is_taken_by_a_worker_path_served_before_it():
+    """Worker-token paths are registered first; a request for any other path must not match
+    one of them. A workerId is the provider's to choose: it is tried as every literal segment of
+    the table; every other parameter is an id the market generates (new_id), tried as one."""
+    table = by_path(ROUTES)
+    workers = [path for path, methods in table.items() if serves_on_tornado(methods)]
+    assert "providers/(?P<workerId>[^/]+)/heartbeat" in workers
+    literals = {seg for path in table for seg in GROUP.sub("", path).split("/") if seg} | {"x"}
+    for path in table:
+        if path in workers:
+            continue
+        requests = [""]
+        for part in GROUP.split(path):
+            if not GROUP.fullmatch(part):
+                options = [part]
+            elif part.startswith("(?P<workerId>"):
+                options = sorted(literals)
+            else:
+                options = [new_id(), "x"]
+            requests = [r + o for r in requests for o in options]
+        for request in requests:
+            taken = [w for w in workers if re.fullmatch(w, request)]
+            assert not taken, f"{request} (for {path}) would be served by {taken}"
