@@ -10,6 +10,10 @@ CPUs far less than the server); then the same generators send GET health at the 
 the same time (the baseline: the server's floor for one authenticated-free request that touches
 the database). Latency counts from the moment a request was due.
 
+The measured heartbeats follow ``--warmup`` seconds of heartbeats at the same rate, reported
+apart: they hold every provider's first contact (its token looked up, its status changed and
+broadcast), a one-off wave like a market restart's, not the sustained load.
+
 Prints one JSON line: achieved requests/s, p50/p99/max latency (ms) and errors for each phase,
 and the staleness of the providers at the end of the heartbeat phase (now − last_heartbeat, read
 from the database). Targets: ≥ 2,000 heartbeats/s sustained, p99 ≤ 100 ms, no provider more
@@ -137,6 +141,7 @@ def _generator(
     providers: int,
     rate: float,
     seconds: float,
+    warmup: float,
     connections: int,
     ready: Any,
     go: Any,
@@ -169,6 +174,8 @@ def _generator(
         async def health(n: int) -> tuple[int, bytes]:
             return await pool.send(health_request)
 
+        first = await _paced(rate, warmup, heartbeat) if warmup > 0 else None
+        out.put(("warmup", index, first, time.time()))
         beats = await _paced(rate, seconds, heartbeat)
         out.put(("heartbeat", index, beats, time.time()))
         baseline = await _paced(rate, seconds, health)
@@ -220,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--connections", type=int, default=32, help="keep-alive connections per process"
     )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds of heartbeats at the same rate before the measured ones (reported apart:"
+        " every provider's first contact)",
+    )
     args = parser.parse_args(argv)
 
     with PgCluster() as cluster, tempfile.TemporaryDirectory() as home:
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.providers,
                         args.rate / args.processes,
                         args.seconds,
+                        args.warmup,
                         args.connections,
                         ready,
                         go,
@@ -278,11 +293,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not ready.wait(600):
                     raise RuntimeError("a load generator did not finish registering")
             go.set()
-            results: dict[str, list[dict[str, Any]]] = {"heartbeat": [], "health": []}
+            results: dict[str, list[dict[str, Any]]] = {"warmup": [], "heartbeat": [], "health": []}
             staleness: dict[str, float] = {}
-            for _ in range(2 * args.processes):
-                phase, _index, part, _at = out.get(timeout=args.seconds * 4 + 120)
-                results[phase].append(part)
+            for _ in range(3 * args.processes):
+                phase, _index, part, _at = out.get(timeout=args.seconds * 4 + args.warmup + 120)
+                if part is not None:
+                    results[phase].append(part)
                 if phase == "heartbeat" and len(results["heartbeat"]) == args.processes:
                     with psycopg.connect(url) as conn:
                         row = conn.execute(
@@ -309,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 "providers": args.processes * args.providers,
                 "target_rate": args.rate,
                 "connections": args.processes * args.connections,
+                "warmup_seconds": args.warmup,
+                "warmup": _summary(results["warmup"], args.warmup) if results["warmup"] else None,
                 "heartbeat": _summary(results["heartbeat"], args.seconds),
                 "baseline_health": _summary(results["health"], args.seconds),
                 "staleness_at_end": staleness,

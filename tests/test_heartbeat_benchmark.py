@@ -22,6 +22,8 @@ def test_the_heartbeat_benchmark_prints_one_json_line_of_figures() -> None:
             "3",
             "--rate",
             "20",
+            "--warmup",
+            "0.5",
         ],
         check=True,
         capture_output=True,
@@ -31,7 +33,7 @@ def test_the_heartbeat_benchmark_prints_one_json_line_of_figures() -> None:
     [line] = out.splitlines()
     result = json.loads(line)
     assert result["providers"] == 3
-    for phase in ("heartbeat", "baseline_health"):
+    for phase in ("warmup", "heartbeat", "baseline_health"):
         assert result[phase]["answered"] > 0
         assert {"per_second", "p50_ms", "p99_ms", "errors"} <= set(result[phase])
     assert result["heartbeat"]["errors"] == 0
