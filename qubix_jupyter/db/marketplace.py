@@ -7,10 +7,22 @@ definition as one SQL query (plus one count when the page does not tell the tota
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, false, func, select, true, union_all
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    bindparam,
+    case,
+    false,
+    func,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,19 +62,61 @@ class Page:
     total_is_exact: bool = True
 
 
-def _conditions(query: MarketplaceQuery) -> list[ColumnElement[bool]]:
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a search's SQL depends on; the values (models, bounds, page) are its parameters."""
+
+    availability: str
+    sort_by: str
+    models: bool
+    min_vram: bool
+    max_price: bool
+    locations: bool
+
+    @classmethod
+    def of(cls, query: MarketplaceQuery) -> _Shape:
+        return cls(
+            query.availability,
+            query.sort_by,
+            bool(query.folded_models),
+            query.min_vram is not None,
+            query.max_price is not None,
+            bool(query.locations),
+        )
+
+
+def _parameters(
+    query: MarketplaceQuery, shape: _Shape, cap: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The values of the page's statement and of the count's."""
+    filters: dict[str, Any] = {}
+    if shape.models:
+        filters["models"] = list(query.folded_models)
+    if shape.min_vram:
+        filters["min_vram"] = query.min_vram
+    if shape.max_price:
+        filters["max_price"] = query.max_price
+    if shape.locations:
+        filters["locations"] = list(query.locations)
+    page = {**filters, "page_offset": query.offset, "page_limit": query.limit}
+    if shape.availability != "available":  # each cell's branch reads up to the page's end
+        page["window"] = query.offset + query.limit
+    return page, {**filters, "cap": cap}
+
+
+def _conditions(shape: _Shape) -> list[ColumnElement[bool]]:
     # ``col = true`` rather than ``col IS true``: only the former can use an index on PostgreSQL.
     where = [Provider.is_listed == true()]
-    if query.availability == "available":
+    if shape.availability == "available":
         where += [Provider.is_online == true(), Provider.is_available == true()]
-    if query.folded_models:
-        where.append(func.lower(Provider.gpu_model).in_(query.folded_models))
-    if query.min_vram is not None:
-        where.append(Provider.gpu_vram >= query.min_vram)
-    if query.max_price is not None:
-        where.append(Provider.price_per_hour <= query.max_price)
-    if query.locations:
-        where.append(Provider.location.in_(query.locations))
+    if shape.models:
+        where.append(func.lower(Provider.gpu_model).in_(bindparam("models", expanding=True)))
+    if shape.min_vram:
+        where.append(Provider.gpu_vram >= bindparam("min_vram"))
+    if shape.max_price:
+        where.append(Provider.price_per_hour <= bindparam("max_price"))
+    if shape.locations:
+        where.append(Provider.location.in_(bindparam("locations", expanding=True)))
     return where
 
 
@@ -73,14 +127,14 @@ _CELLS = {
 }
 
 
-def _order(query: MarketplaceQuery, offer: Any) -> list[Any]:
-    """SQL for ``query.sort_key`` within one cell (where the availability rank is constant);
-    every order ends in the primary key."""
+def _order(shape: _Shape, offer: Any) -> list[Any]:
+    """SQL for ``MarketplaceQuery.sort_key`` within one cell (where the availability rank is
+    constant); every order ends in the primary key."""
     price = offer.price_per_hour.asc()
     perf = offer.performance_tflops.desc().nulls_last()
-    if query.sort_by == "price":
+    if shape.sort_by == "price":
         return [price, perf, offer.id]
-    if query.sort_by == "performance":
+    if shape.sort_by == "performance":
         return [perf, price, offer.id]
     return [price, offer.id]
 
@@ -95,7 +149,7 @@ def _rank(offer: Any) -> Any:
 _KEYS = ("id", "price_per_hour", "performance_tflops", "is_online", "is_available")
 
 
-def _items(query: MarketplaceQuery, where: list[ColumnElement[bool]]) -> Any:
+def _items(shape: _Shape, where: list[ColumnElement[bool]]) -> Any:
     """One statement for the page: choose the page's keys, then join their rows.
 
     Choosing reads only the filter and sort columns, so an index that holds them all can answer
@@ -105,37 +159,57 @@ def _items(query: MarketplaceQuery, where: list[ColumnElement[bool]]) -> Any:
     columns>) read in order, where one ORDER BY over all cells would sort every listed offer.
     """
     keys = [getattr(Provider, name) for name in _KEYS]
-    cells = _CELLS[query.availability]
-    if len(cells) == 1:  # ``where`` already holds the cell
-        chosen = select(*keys).where(*where).order_by(*_order(query, Provider))
+    if shape.availability == "available":  # ``where`` already holds the cell
+        chosen = select(*keys).where(*where).order_by(*_order(shape, Provider))
     else:
-        window = query.offset + query.limit
         branches = [
             select(*keys)
-            .where(
-                *where,
-                Provider.is_online == (true() if online else false()),
-                Provider.is_available == (true() if available else false()),
-            )
-            .order_by(*_order(query, Provider))
-            .limit(window)
+            .where(*where, *cell)
+            .order_by(*_order(shape, Provider))
+            .limit(bindparam("window", type_=Integer))
             .subquery()
             .select()
-            for online, available in cells
+            for cell in _cell_conditions(shape)
         ]
         merged = union_all(*branches).subquery("cells")
-        chosen = select(merged).order_by(*_full_order(query, merged.c))
-    page = chosen.offset(query.offset).limit(query.limit).subquery("page")
+        chosen = select(merged).order_by(*_full_order(shape, merged.c))
+    page = (
+        chosen.offset(bindparam("page_offset", type_=Integer))
+        .limit(bindparam("page_limit", type_=Integer))
+        .subquery("page")
+    )
     return (
-        select(Provider).join(page, Provider.id == page.c.id).order_by(*_full_order(query, page.c))
+        select(Provider).join(page, Provider.id == page.c.id).order_by(*_full_order(shape, page.c))
     )
 
 
-def _full_order(query: MarketplaceQuery, offer: Any) -> list[Any]:
-    order = _order(query, offer)
-    if query.sort_by == "availability" and query.availability != "available":
+def _full_order(shape: _Shape, offer: Any) -> list[Any]:
+    order = _order(shape, offer)
+    if shape.sort_by == "availability" and shape.availability != "available":
         order.insert(0, _rank(offer))
     return order
+
+
+@functools.cache
+def _statements(shape: _Shape) -> tuple[Any, Any]:
+    """The page's statement and the capped count's, built once per shape (at most 2 × 3 × 16):
+    building them cost more than PostgreSQL took to run them."""
+    where = _conditions(shape)
+    matches = select(Provider.id).where(*where).limit(bindparam("cap", type_=BigInteger))
+    count = select(func.count()).select_from(matches.subquery("matches"))
+    return _items(shape, where), count
+
+
+def _cell_conditions(shape: _Shape) -> list[tuple[ColumnElement[bool], ...]]:
+    if shape.availability == "available":  # ``_conditions`` holds the cell already
+        return [()]
+    return [
+        (
+            Provider.is_online == (true() if online else false()),
+            Provider.is_available == (true() if available else false()),
+        )
+        for online, available in _CELLS["all"]
+    ]
 
 
 async def search_providers(
@@ -146,16 +220,16 @@ async def search_providers(
     The total is exact up to ``count_cap`` matches (or up to one past the page, if further);
     beyond, the page says ``total_is_exact=False`` and ``total`` is the cap, a lower bound.
     """
-    where = _conditions(query)
-    items = list((await session.scalars(_items(query, where))).all())
+    shape = _Shape.of(query)
+    items_statement, count_statement = _statements(shape)
+    cap = max(count_cap, query.offset + query.limit + 1)
+    page_values, count_values = _parameters(query, shape, cap)
+    items = list((await session.scalars(items_statement, page_values)).all())
     if len(items) < query.limit and (items or query.offset == 0):
         # the last page: it tells the total by itself
         total, exact = query.offset + len(items), True
     else:
-        cap = max(count_cap, query.offset + query.limit + 1)
-        matches = select(Provider.id).where(*where).limit(cap).subquery("matches")
-        count = select(func.count()).select_from(matches)
-        total = (await session.execute(count)).scalar_one()
+        total = (await session.execute(count_statement, count_values)).scalar_one()
         exact = total < cap
     return Page(
         items=items, total=total, offset=query.offset, limit=query.limit, total_is_exact=exact
