@@ -98,6 +98,18 @@ async def add_worker_token(
     await session.flush()
 
 
+#: Built once, as the next: a wave of clients reconnecting after a restart runs it thousands of
+#: times a second.
+_TOKEN_OWNERS = (
+    select(ApiToken.token_hash, User, ApiToken.id, ApiToken.expires_at)
+    .join(ApiToken, ApiToken.user_id == User.id)
+    .where(
+        ApiToken.token_hash.in_(bindparam("hashes", expanding=True)),
+        ApiToken.revoked_at.is_(None),
+        ApiToken.expires_at > bindparam("now"),
+    )
+)
+
 #: Built once (every provider's first heartbeat after a restart runs it).
 _WORKER_OWNERS = (
     select(
@@ -206,23 +218,20 @@ class AuthStore:
             await session.flush()
             return Connected(user, created)
 
-    async def token_owner(self, token_hash: str, *, now: dt.datetime) -> TokenOwner | None:
-        """The user of a live (unrevoked, unexpired) token, else None."""
+    async def token_owners(
+        self, token_hashes: Collection[str], *, now: dt.datetime
+    ) -> dict[str, TokenOwner]:
+        """The user of each live (unrevoked, unexpired) token among these; others are absent."""
+        found: dict[str, TokenOwner] = {}
+        hashes = sorted(token_hashes)
         async with self._sessionmaker() as session:
-            row = (
-                await session.execute(
-                    select(User, ApiToken.id, ApiToken.expires_at)
-                    .join(ApiToken, ApiToken.user_id == User.id)
-                    .where(
-                        ApiToken.token_hash == token_hash,
-                        ApiToken.revoked_at.is_(None),
-                        ApiToken.expires_at > now,
-                    )
+            for start in range(0, len(hashes), 500):
+                rows = await session.execute(
+                    _TOKEN_OWNERS, {"hashes": hashes[start : start + 500], "now": now}
                 )
-            ).one_or_none()
-            if row is None:
-                return None
-            return TokenOwner(row[0], row[1], row[2])
+                for token_hash, user, token_id, expires_at in rows:
+                    found[token_hash] = TokenOwner(user, token_id, expires_at)
+        return found
 
     async def revoke(self, token_id: str, *, now: dt.datetime) -> bool:
         async with self._sessionmaker() as session, session.begin():

@@ -82,6 +82,12 @@ class AuthService:
         self._clock = clock
         #: worker token hash → (its provider, monotonic time until which the lookup stands)
         self._workers: dict[str, tuple[WorkerOwner, float]] = {}
+        #: Lookups of market tokens, many in one query when they come together (a wave of
+        #: clients reconnecting and resubscribing after a restart); each checks the expiry at
+        #: the time of its read, which began after every caller in it asked.
+        self._token_lookups: SharedReads[str, TokenOwner | None] = SharedReads(
+            lambda hashes: store.token_owners(hashes, now=self._clock()), None
+        )
         #: Lookups of worker tokens not in the cache, many in one query when they come together
         #: (every provider's first heartbeat after a market restart).
         self._worker_lookups: SharedReads[str, WorkerOwner | None] = SharedReads(
@@ -133,7 +139,7 @@ class AuthService:
                 "a provisioning token only registers providers (POST providers/quick-register); "
                 "this route takes the market token from wallet connect"
             )
-        owner = await self._store.token_owner(token_hash(token), now=self._clock())
+        owner = await self._token_lookups.get(token_hash(token))
         if owner is None:
             raise Unauthorized("unknown, expired or revoked token: connect the wallet again")
         return owner

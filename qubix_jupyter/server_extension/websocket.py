@@ -43,8 +43,6 @@ import json
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
-from jupyter_server.base.handlers import JupyterHandler
-from jupyter_server.extension.handler import ExtensionHandlerMixin
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -113,8 +111,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
-    """One WebSocket client of the event hub."""
+class EventsHandler(WebSocketHandler):
+    """One WebSocket client of the event hub.
+
+    A plain tornado handler, not a Jupyter one: a client authenticates with its market token
+    (header or ``?token=``), never Jupyter's login, so Jupyter's per-request identity work has
+    nothing to find, and every open connection would carry its handler state. The origin rule,
+    the token check and the JSON refusals are the market's own, below.
+    """
 
     sub: Subscription | None = None
     user_id: str | None = None
@@ -123,9 +127,12 @@ class EventsHandler(ExtensionHandlerMixin, WebSocketHandler, JupyterHandler):  #
     _expires_at: dt.datetime | None = None
     _expiry: asyncio.TimerHandle | None = None
 
-    def initialize(self, name: str, heartbeat: HeartbeatPolicy | None = None) -> None:  # type: ignore[override]
-        super().initialize(name)
+    def initialize(self, heartbeat: HeartbeatPolicy | None = None) -> None:  # type: ignore[override]
         self.heartbeat = heartbeat or HeartbeatPolicy()
+
+    @property
+    def log(self) -> Any:
+        return self.settings["serverapp"].log
 
     @property
     def services(self) -> Services:

@@ -7,11 +7,13 @@ import datetime as dt
 import hashlib
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.pool import NullPool
 from tornado.httpclient import HTTPClientError
 
 from qubix_jupyter.db.engine import sync_url
+from qubix_jupyter.server_extension.errors import Unauthorized
+from qubix_jupyter.server_extension.handlers import SERVICES
 from qubix_jupyter.settlement.keys import KeyPair
 
 from ..conftest import DatabaseURL
@@ -246,3 +248,35 @@ async def test_racing_first_connects_create_one_user(api: Api, database_url: Dat
     finally:
         engine.dispose()
     assert (users, wallets) == (1, 1)
+
+
+async def test_token_checks_arriving_together_share_one_query(api: Api, jp_serverapp):
+    services = jp_serverapp.web_app.settings[SERVICES]
+    alice = (await login(api, SEED_ALICE))["token"]
+    bob = (await login(api, SEED_BOB))["token"]
+    gone = (await login(api, SEED_BOB))["token"]
+    assert (await api("POST", "auth/revoke", token=gone)).code == 200
+    statements: list[str] = []
+
+    def count(conn, cursor, statement, *args) -> None:
+        if "api_tokens" in statement:
+            statements.append(statement)
+
+    engine = services.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        checked = await asyncio.gather(
+            *(
+                services.auth.authenticate(f"Bearer {t}")
+                for t in (alice, bob, gone, alice, "qx_not-a-token")
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert len(statements) == 1, statements
+    alice_id, bob_id = checked[0].user.id, checked[1].user.id
+    assert alice_id != bob_id
+    assert checked[3].user.id == alice_id
+    assert isinstance(checked[2], Unauthorized)  # revoked: refused though asked beside live ones
+    assert isinstance(checked[4], Unauthorized)
