@@ -39,7 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
+import struct
+from collections.abc import Awaitable
 from typing import Any
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -47,7 +50,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..db.models import Job, Provider
 from ..market.errors import QubixError
@@ -109,6 +112,22 @@ def origin_allowed(origin: str | None, host: str, allowed: tuple[str, ...]) -> b
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+@functools.lru_cache(maxsize=256)
+def wire_frame(text: str) -> bytes:
+    """The WebSocket frame a server sends for one text message: final, unmasked, uncompressed
+    (RFC 6455 §5.2). The same bytes for every connection, so a broadcast frames its text once;
+    the hub hands every subscriber the same string, whose hash Python keeps."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x81, size)
+    elif size <= 0xFFFF:
+        head = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x81, 127, size)
+    return head + payload
 
 
 class EventsHandler(WebSocketHandler):
@@ -201,7 +220,7 @@ class EventsHandler(WebSocketHandler):
     def open(self, *args: Any, **kwargs: Any) -> None:
         try:
             self.sub = self.hub.connect(
-                self.user_id, send=self.write_message, on_close=self._closed_by_hub
+                self.user_id, send=self._send_frame, on_close=self._closed_by_hub
             )
         except SubscriptionClosed as exc:  # the hub is shutting down
             self.close(exc.reason.code, exc.reason.reason)
@@ -212,6 +231,18 @@ class EventsHandler(WebSocketHandler):
                 expires_at = expires_at.replace(tzinfo=dt.UTC)
             delay = max(0.0, (expires_at - dt.datetime.now(dt.UTC)).total_seconds())
             self._expiry = asyncio.get_running_loop().call_later(delay, self._token_ended)
+
+    def _send_frame(self, frame: str) -> Awaitable[None]:
+        """Write one event frame: its wire bytes, framed once per broadcast (:func:`wire_frame`).
+
+        ``write_message`` would frame the same text again for each connection and wrap each
+        write in a task of its own. The connection never compresses (no compression options),
+        so every connection's frame of a text is the same bytes.
+        """
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            raise WebSocketClosedError()
+        return connection.stream.write(wire_frame(frame))  # type: ignore[attr-defined,no-any-return]
 
     def _token_ended(self) -> None:
         self.close(TOKEN_ENDED.code, "token_expired")
