@@ -379,8 +379,8 @@ class WorkerRouteHandler(_RouteDispatch, RequestHandler):
 
     What Jupyter's stack would add is replaced here: JSON content type and a closed content
     security policy on every answer, the market's origin check and CORS headers (in
-    :class:`_MarketAPI`), no XSRF check (a worker token is a header, never a cookie), and the
-    request log and Prometheus histogram through the application's ``log_function`` as before.
+    :class:`_MarketAPI`), no XSRF check (a worker token is a header, never a cookie), and
+    Jupyter's request log for what is worth a line (see :meth:`_log`).
     """
 
     def initialize(self, routes: dict[str, Route]) -> None:  # type: ignore[override]
