@@ -199,8 +199,9 @@ class AuthService:
     #: Seconds a looked-up worker token is trusted without asking the database again: each
     #: provider sends a heartbeat every few seconds, and a lookup per heartbeat would be most
     #: of the market's database load (at 1,000 providers, 10 s cost a tenth of the server's CPU
-    #: in lookups). A registration or unlisting in this process forgets it at once; only a
-    #: token revoked behind the market's back is honoured for up to this long.
+    #: in lookups). Registering the worker again in this process (which revokes its earlier
+    #: token) forgets it at once; only a token revoked behind the market's back is honoured for
+    #: up to this long.
     WORKER_CACHE_SECONDS = 30.0
     #: Each lookup is trusted for a random part of the last quarter of WORKER_CACHE_SECONDS
     #: more or less, so that tokens looked up together (providers registered in one wave) do
