@@ -810,8 +810,10 @@ async def test_a_slow_consumer_is_disconnected_while_the_others_keep_receiving()
     for sub in [*fast, slow, stuck]:
         await sub.subscribe(MARKETPLACE)
     received: list[list[int]] = [[] for _ in fast]
+    sender = None
     for n in range(50):
         hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {"n": n})
+        sender = sender or stuck._task  # the task waiting on the stuck write
         for i, sub in enumerate(fast):
             received[i] += [f["data"]["n"] for f in events(drain(sub))]
         await asyncio.sleep(0)
@@ -825,8 +827,9 @@ async def test_a_slow_consumer_is_disconnected_while_the_others_keep_receiving()
     assert hub.subscribers(MARKETPLACE) == 3
     assert hub.connections == 3
     await asyncio.sleep(0)
-    assert stuck._task is not None
-    assert stuck._task.cancelled()
+    assert sender is not None
+    assert sender.cancelled()  # the stuck write is abandoned, not left waiting
+    assert stuck._task is None
 
 
 async def test_a_failing_send_closes_only_that_connection() -> None:
@@ -992,3 +995,79 @@ def test_the_fanout_benchmark_prints_one_json_line_of_figures() -> None:
         assert result[side]["deliveries"] == 200 * 4
         assert {"p50_ms", "p99_ms", "bytes_per_subscriber"} <= set(result[side])
     assert result["hub"]["encodings_per_broadcast"] == 1
+
+
+async def test_an_idle_connection_holds_no_task_and_a_frame_to_it_is_written_at_once() -> None:
+    hub = make_hub()
+    written: list[str] = []
+
+    def write(frame: str) -> asyncio.Future[None]:
+        written.append(frame)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)  # in the socket buffer already
+        return done
+
+    sub = hub.connect("u1", write)
+    await sub.subscribe(MARKETPLACE)
+    before = len(written)
+    assert sub._task is None
+    hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {"n": 1})
+    assert len(written) == before + 1  # within publish, no task woken
+    assert json.loads(written[-1])["data"] == {"n": 1}
+    assert sub._task is None
+
+
+async def test_frames_behind_a_pending_write_follow_it_in_order() -> None:
+    hub = make_hub()
+    loop = asyncio.get_running_loop()
+    written: list[int] = []
+    pending: list[asyncio.Future[None]] = []
+
+    def write(frame: str) -> asyncio.Future[None]:
+        data = json.loads(frame)
+        if data["type"] == EventType.PROVIDER_REGISTERED.value:
+            written.append(data["data"]["n"])
+        future = loop.create_future()
+        pending.append(future)  # the socket buffer is full until the test says so
+        return future
+
+    async def let_writes_finish() -> None:
+        while sub._task is not None or not subscribing.done():
+            for future in pending:
+                if not future.done():
+                    future.set_result(None)
+            await asyncio.sleep(0)
+
+    sub = hub.connect("u1", write)
+    subscribing = asyncio.create_task(sub.subscribe(MARKETPLACE))
+    await let_writes_finish()
+    for n in range(3):
+        hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {"n": n})
+    assert written == [0]  # the others wait for the first write
+    assert sub.pending == 2
+    await let_writes_finish()
+    assert written == [0, 1, 2]
+    assert sub.close_reason is None
+
+
+async def test_a_write_that_fails_at_once_closes_only_that_connection() -> None:
+    hub = make_hub()
+    reasons: list[CloseReason] = []
+
+    def broken(frame: str) -> asyncio.Future[None]:
+        if json.loads(frame)["type"] == EventType.PROVIDER_REGISTERED.value:
+            raise ConnectionResetError("gone")
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    bad = hub.connect("u1", broken, on_close=reasons.append)
+    good = hub.connect("u2")
+    await bad.subscribe(MARKETPLACE)
+    await good.subscribe(MARKETPLACE)
+    drain(good)
+    hub.publish(MARKETPLACE, EventType.PROVIDER_REGISTERED, {"n": 1})
+    assert [f["data"] for f in events(drain(good))] == [{"n": 1}]
+    await asyncio.sleep(0)
+    assert reasons == [SEND_FAILED]
+    assert hub.subscribers(MARKETPLACE) == 1

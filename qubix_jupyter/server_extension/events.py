@@ -61,8 +61,9 @@ What the WebSocket handler does (checked against tornado 6.6 over a loopback soc
 * ``open``: authenticate (bearer token → user id) first, then ``self.sub = hub.connect(user_id,
   send=self.write_message, on_close=lambda r: self.close(r.code, r.reason))``. ``write_message``
   returns a future that resolves once the frame is in the socket buffer, so a stalled socket
-  stalls only this connection's task and then overflows its queue (SLOW_CONSUMER); a closed one
-  raises, which ends it with SEND_FAILED.
+  stalls only this connection's queue, which then overflows (SLOW_CONSUMER); a closed one
+  raises, which ends it with SEND_FAILED. (The market's handler sends pre-framed bytes the same
+  way: ``EventsHandler._send_frame``.)
 * ``async on_message``: ``{"type": "subscribe", "channel": c, "sinceSeq": n?}`` →
   ``await self.sub.subscribe(c, authorize=owns, since_seq=n)``; ``{"type": "unsubscribe",
   "channel": c}`` → ``self.sub.unsubscribe(c)``. A :class:`QubixError` (InvalidChannel 422,
@@ -240,8 +241,10 @@ class _Coalescing:
 class Subscription:
     """One client connection to the hub: its channels and its bounded queue of frames.
 
-    With ``send`` the hub runs a task that awaits ``send(frame)`` for each frame in order;
-    without it, read the frames yourself with :meth:`get`, :meth:`get_nowait` or ``async for``.
+    With ``send`` every frame goes to ``send(frame)`` in order: at once while nothing is being
+    written, else from a task that waits for the write in flight and drains the queue (see
+    :meth:`_push`); without it, read the frames yourself with :meth:`get`, :meth:`get_nowait` or
+    ``async for``.
     """
 
     __slots__ = (
@@ -395,12 +398,39 @@ class Subscription:
     # ------------------------------------------------------------------ the queue
 
     def _push(self, key: _Key, frame: str) -> bool:
-        """Queue a frame; False (and nothing queued) when the queue is full."""
+        """Queue (or send) a frame; False (and nothing queued) when the queue is full.
+
+        With ``send``, a frame that finds nothing queued and nothing being written is sent at
+        once, without a task: most frames to a healthy connection. Only while a write is
+        pending do frames queue, and a task drains them in order, then ends; an idle connection
+        holds no task.
+        """
         if len(self._queue) >= self.max_queue:
             return False
+        send = self._send
+        if send is None:
+            self._queue.append((key, frame))
+            if self._waiter is not None:
+                self._wake()
+            return True
+        if self._task is None and not self._queue:
+            loop = asyncio.get_running_loop()
+            try:
+                written = send(frame)
+            except Exception:
+                log.debug("sending an event frame failed; closing the connection", exc_info=True)
+                # Not now: the hub is iterating over the channel's subscribers.
+                loop.call_soon(self._end, SEND_FAILED)
+                return True
+            if asyncio.isfuture(written) and written.done():
+                if written.cancelled() or written.exception() is not None:
+                    loop.call_soon(self._end, SEND_FAILED)
+                return True
+            self._task = loop.create_task(self._pump(written))
+            return True
         self._queue.append((key, frame))
-        if self._waiter is not None:
-            self._wake()
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._pump(None))
         return True
 
     def _wake(self) -> None:
@@ -447,20 +477,23 @@ class Subscription:
                 return
             yield frame
 
-    async def _pump(self) -> None:
+    async def _pump(self, written: Awaitable[Any] | None) -> None:
+        """Wait for the write in flight, then send what queued meanwhile, in order, and end."""
         send = self._send
         assert send is not None
         try:
-            while True:
-                frame = await self.get()
-                await send(frame)
-        except SubscriptionClosed:
-            return
+            if written is not None:
+                await written
+            while self._queue and self.close_reason is None:
+                await send(self._queue.popleft()[1])
         except asyncio.CancelledError:
             raise
         except Exception:
             log.debug("sending an event frame failed; closing the connection", exc_info=True)
             self._end(SEND_FAILED)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
 
 
 class EventHub:
@@ -548,8 +581,9 @@ class EventHub:
     ) -> Subscription:
         """A new connection for ``user_id`` (None: anonymous, marketplace only).
 
-        ``send``: awaited with each frame in order by a task of the hub (needs a running loop);
-        without it, read the returned :class:`Subscription`. ``on_close(reason)`` is called when
+        ``send``: called with each frame in order, at once while nothing is being written, else
+        awaited in turn by a task of the hub (needs a running loop); without it, read the
+        returned :class:`Subscription`. ``on_close(reason)`` is called when
         the *hub* ends the connection (slow consumer, failed send, hub closed) — the handler
         closes the socket with ``reason.code``/``reason.reason`` there.
         """
@@ -557,8 +591,6 @@ class EventHub:
             raise SubscriptionClosed(HUB_CLOSED)
         sub = Subscription(self, user_id, send, on_close, max_queue or self.max_queue)
         self._connections[sub] = None
-        if send is not None:
-            sub._task = asyncio.get_running_loop().create_task(sub._pump())
         return sub
 
     def _forget(self, sub: Subscription, key: _Key) -> None:
