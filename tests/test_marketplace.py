@@ -35,6 +35,7 @@ from qubix_jupyter.market.marketplace import (
     UnknownProvider,
     WorkerIdTaken,
 )
+from qubix_jupyter.market.money import INT64_MAX
 from qubix_jupyter.market.states import ProviderType
 
 from .conftest import Database, DatabaseURL
@@ -257,6 +258,13 @@ async def test_search_orders_and_filters_a_known_market(database: Database):
         assert ([p.id for p in second.items], second.total) == (["f", "b"], 5)
         beyond = await search_providers(s, MarketplaceQuery(offset=10))
         assert beyond == Page(items=[], total=3, offset=10, limit=50)
+        for far in (17_223_671_818, INT64_MAX - 1, INT64_MAX):  # past INTEGER, up to BIGINT's end
+            for availability in ("available", "all"):
+                page = await search_providers(
+                    s, MarketplaceQuery(availability=availability, offset=far, limit=157)
+                )
+                assert (page.items, page.offset) == ([], far)
+                assert page.total == (3 if availability == "available" else 5)
 
         # A capped count: exact below the cap, a lower bound (never above the truth) at it,
         # and never below the end of the page asked for.

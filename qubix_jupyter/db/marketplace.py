@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
-    Integer,
     bindparam,
     case,
     false,
@@ -41,6 +40,7 @@ from ..market.marketplace import (
     require_provider_type,
     require_worker_id,
 )
+from ..market.money import INT64_MAX
 from ..market.states import ProviderType
 from .models import Provider, User, new_id, utcnow
 
@@ -100,7 +100,7 @@ def _parameters(
         filters["locations"] = list(query.locations)
     page = {**filters, "page_offset": query.offset, "page_limit": query.limit}
     if shape.availability != "available":  # each cell's branch reads up to the page's end
-        page["window"] = query.offset + query.limit
+        page["window"] = min(query.offset + query.limit, INT64_MAX)
     return page, {**filters, "cap": cap}
 
 
@@ -166,7 +166,7 @@ def _items(shape: _Shape, where: list[ColumnElement[bool]]) -> Any:
             select(*keys)
             .where(*where, *cell)
             .order_by(*_order(shape, Provider))
-            .limit(bindparam("window", type_=Integer))
+            .limit(bindparam("window", type_=BigInteger))
             .subquery()
             .select()
             for cell in _cell_conditions(shape)
@@ -174,8 +174,8 @@ def _items(shape: _Shape, where: list[ColumnElement[bool]]) -> Any:
         merged = union_all(*branches).subquery("cells")
         chosen = select(merged).order_by(*_full_order(shape, merged.c))
     page = (
-        chosen.offset(bindparam("page_offset", type_=Integer))
-        .limit(bindparam("page_limit", type_=Integer))
+        chosen.offset(bindparam("page_offset", type_=BigInteger))
+        .limit(bindparam("page_limit", type_=BigInteger))
         .subquery("page")
     )
     return (
@@ -222,7 +222,8 @@ async def search_providers(
     """
     shape = _Shape.of(query)
     items_statement, count_statement = _statements(shape)
-    cap = max(count_cap, query.offset + query.limit + 1)
+    # Bound by BIGINT: an offset may be anything up to INT64_MAX (an empty page, not an error).
+    cap = min(max(count_cap, query.offset + query.limit + 1), INT64_MAX)
     page_values, count_values = _parameters(query, shape, cap)
     items = list((await session.scalars(items_statement, page_values)).all())
     if len(items) < query.limit and (items or query.offset == 0):
