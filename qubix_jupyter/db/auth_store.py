@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth_models import ApiToken, LoginChallenge, ProvisionToken, WorkerToken
+from .chunks import chunks
 from .models import Provider, User
 from .repositories import create_user
 
@@ -225,10 +226,8 @@ class AuthStore:
         found: dict[str, TokenOwner] = {}
         hashes = sorted(token_hashes)
         async with self._sessionmaker() as session:
-            for start in range(0, len(hashes), 500):
-                rows = await session.execute(
-                    _TOKEN_OWNERS, {"hashes": hashes[start : start + 500], "now": now}
-                )
+            for chunk in chunks(hashes):
+                rows = await session.execute(_TOKEN_OWNERS, {"hashes": list(chunk), "now": now})
                 for token_hash, user, token_id, expires_at in rows:
                     found[token_hash] = TokenOwner(user, token_id, expires_at)
         return found
@@ -247,10 +246,8 @@ class AuthStore:
         found: dict[str, WorkerOwner] = {}
         hashes = sorted(token_hashes)
         async with self._sessionmaker() as session:
-            for start in range(0, len(hashes), 500):
-                rows = await session.execute(
-                    _WORKER_OWNERS, {"hashes": hashes[start : start + 500]}
-                )
+            for chunk in chunks(hashes):
+                rows = await session.execute(_WORKER_OWNERS, {"hashes": list(chunk)})
                 for token_hash, *owner in rows:
                     found[token_hash] = WorkerOwner(*owner)
         return found

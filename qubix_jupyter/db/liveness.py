@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import bindparam, case, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.states import JobStatus
+from .chunks import chunks
 from .models import Job, Provider, ProviderMetric, new_id
-
-#: Ids per ``IN (…)`` list: well inside SQLite's and PostgreSQL's limits on bound parameters.
-_CHUNK = 500
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,7 +50,7 @@ class MetricSample:
 async def flags_of(session: AsyncSession, provider_ids: Sequence[str]) -> dict[str, ProviderFlags]:
     """The current online/available flags of these providers (unknown ids are left out)."""
     found: dict[str, ProviderFlags] = {}
-    for chunk in _chunks(provider_ids):
+    for chunk in chunks(provider_ids):
         rows = await session.execute(
             select(
                 Provider.id,
@@ -88,7 +81,8 @@ _PG_WRITE_HEARTBEATS = text(
 
 
 async def write_heartbeats(session: AsyncSession, writes: Sequence[HeartbeatWrite]) -> None:
-    """One UPDATE statement executed for every row (``executemany``).
+    """One UPDATE for every row: over arrays on PostgreSQL, executed per row (``executemany``)
+    elsewhere.
 
     A row that holds a job when the UPDATE runs keeps ``is_available`` as it is: an
     assignment committed between the flush's read of the flags and this write must not be
@@ -160,7 +154,7 @@ async def take_offline_stale(
         )
     ).all()
     taken = [provider_id for provider_id in stale if provider_id not in spare]
-    for chunk in _chunks(taken):
+    for chunk in chunks(taken):
         await session.execute(
             update(Provider)
             .where(Provider.id.in_(chunk))
@@ -172,7 +166,7 @@ async def take_offline_stale(
 
 async def providers_by_id(session: AsyncSession, provider_ids: Sequence[str]) -> list[Provider]:
     found: list[Provider] = []
-    for chunk in _chunks(provider_ids):
+    for chunk in chunks(provider_ids):
         found += (await session.scalars(select(Provider).where(Provider.id.in_(chunk)))).all()
     return found
 
@@ -234,7 +228,7 @@ async def assigned_jobs(
 ) -> dict[str, list[AssignedJob]]:
     """Each provider's jobs waiting for it to start them, oldest first (none: absent)."""
     found: dict[str, list[AssignedJob]] = {}
-    for chunk in _chunks(sorted(provider_ids)):
+    for chunk in chunks(sorted(provider_ids)):
         rows = await session.execute(_ASSIGNED_JOBS, {"provider_ids": list(chunk)})
         for provider_id, *job in rows:
             found.setdefault(provider_id, []).append(AssignedJob(*job))

@@ -120,11 +120,9 @@ def _conditions(shape: _Shape) -> list[ColumnElement[bool]]:
     return where
 
 
-#: The (is_online, is_available) cells a search reads, best availability rank first.
-_CELLS = {
-    "available": ((True, True),),
-    "all": ((True, True), (True, False), (False, True), (False, False)),
-}
+#: The (is_online, is_available) cells an ``availability=all`` search reads, best availability
+#: rank first (``available`` reads only the first, and ``_conditions`` holds it).
+_ALL_CELLS = ((True, True), (True, False), (False, True), (False, False))
 
 
 def _order(shape: _Shape, offer: Any) -> list[Any]:
@@ -164,12 +162,16 @@ def _items(shape: _Shape, where: list[ColumnElement[bool]]) -> Any:
     else:
         branches = [
             select(*keys)
-            .where(*where, *cell)
+            .where(
+                *where,
+                Provider.is_online == (true() if online else false()),
+                Provider.is_available == (true() if available else false()),
+            )
             .order_by(*_order(shape, Provider))
             .limit(bindparam("window", type_=BigInteger))
             .subquery()
             .select()
-            for cell in _cell_conditions(shape)
+            for online, available in _ALL_CELLS
         ]
         merged = union_all(*branches).subquery("cells")
         chosen = select(merged).order_by(*_full_order(shape, merged.c))
@@ -198,18 +200,6 @@ def _statements(shape: _Shape) -> tuple[Any, Any]:
     matches = select(Provider.id).where(*where).limit(bindparam("cap", type_=BigInteger))
     count = select(func.count()).select_from(matches.subquery("matches"))
     return _items(shape, where), count
-
-
-def _cell_conditions(shape: _Shape) -> list[tuple[ColumnElement[bool], ...]]:
-    if shape.availability == "available":  # ``_conditions`` holds the cell already
-        return [()]
-    return [
-        (
-            Provider.is_online == (true() if online else false()),
-            Provider.is_available == (true() if available else false()),
-        )
-        for online, available in _CELLS["all"]
-    ]
 
 
 async def search_providers(
