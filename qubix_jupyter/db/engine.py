@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Any
 
 from sqlalchemy import event
@@ -12,6 +14,10 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+#: A pooled PostgreSQL connection is pinged before use only when it sat idle this long: one
+#: back from a statement a moment ago is alive, and its ping would be a round trip per session.
+PING_AFTER_IDLE_SECONDS = 5.0
 
 #: Drivers we ship; a bare ``postgresql://`` or ``sqlite://`` URL is given these.
 _ASYNC_DRIVERS = {"postgresql": "postgresql+psycopg", "sqlite": "sqlite+aiosqlite"}
@@ -57,6 +63,37 @@ def install_sqlite_hooks(engine: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _driver(dbapi_connection: Any) -> Any:
+    """The driver's own connection (weakly referable) under SQLAlchemy's async adapter."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
+def ping_when_idle(engine: AsyncEngine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Make the pool's pre-ping skip connections checked in less than ``idle_seconds`` ago.
+
+    A connection that dies while pooled (the server restarted) is found by the ping of its next
+    checkout once it has been idle that long; one that died within the last few seconds fails its
+    first statement, which invalidates the pool as any lost connection does.
+    """
+    sync_engine = engine.sync_engine
+    dialect = sync_engine.dialect
+    checked_in: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+    ping = dialect.do_ping
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checked_in(dbapi_connection: Any, _record: Any) -> None:
+        if dbapi_connection is not None:
+            checked_in[_driver(dbapi_connection)] = time.monotonic()
+
+    def do_ping(dbapi_connection: Any) -> bool:
+        since = checked_in.pop(_driver(dbapi_connection), None)
+        if since is not None and time.monotonic() - since < idle_seconds:
+            return True
+        return ping(dbapi_connection)
+
+    dialect.do_ping = do_ping  # type: ignore[method-assign]
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
     """An async engine for ``url``; bare ``postgresql://``/``sqlite:///`` URLs get our drivers."""
     target = async_url(url)
@@ -65,6 +102,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_pre_ping", True)
     engine = create_async_engine(target, **kwargs)
+    if kwargs.get("pool_pre_ping"):
+        ping_when_idle(engine)
     if target.get_backend_name() == "sqlite":
         install_sqlite_hooks(engine)
     return engine

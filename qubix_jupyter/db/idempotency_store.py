@@ -21,6 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..market.errors import IdempotencyConflict, QubixError
 from .auth_models import IdempotentRequest
 
+#: How often a claim also deletes the answers older than the retention.
+SWEEP_EVERY = dt.timedelta(minutes=1)
+
 
 class RequestInProgress(QubixError):
     code = "request_in_progress"
@@ -46,6 +49,8 @@ class IdempotencyStore:
         self._sessionmaker = sessionmaker
         self.stale_after = stale_after
         self.retention = retention
+        #: When expired answers were last swept (at most once per ``SWEEP_EVERY``).
+        self._swept_at: dt.datetime | None = None
 
     async def claim(
         self, scope: str, key: str, request_hash: str, *, now: dt.datetime
@@ -57,12 +62,15 @@ class IdempotencyStore:
         """
         try:
             async with self._sessionmaker() as session, session.begin():
-                # Sweeping here keeps the table as large as a day's money-moving requests.
-                await session.execute(
-                    delete(IdempotentRequest).where(
-                        IdempotentRequest.created_at < now - self.retention
+                # Sweeping here keeps the table as large as a day's money-moving requests; once
+                # a minute is enough for that, and keeps the statement off most requests' path.
+                if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
+                    self._swept_at = now
+                    await session.execute(
+                        delete(IdempotentRequest).where(
+                            IdempotentRequest.created_at < now - self.retention
+                        )
                     )
-                )
                 session.add(
                     IdempotentRequest(
                         scope=scope, key=key, request_hash=request_hash, created_at=now
