@@ -6,7 +6,7 @@
 
     qubix.connect("https://market.example/", seed_file="~/.qubix/seed")
     job = qubix.submit(train, data, gpu="RTX 4090", max_price=40, hours=0.5)
-    job.result(timeout=600)           # waits on the job's events, polls as a fallback
+    job.result(timeout=600)           # the market answers the moment the job ends
 
 A ``python`` job's ``inputData`` is ``{"kind": "python", "payload": base64(cloudpickle.dumps(
 (fn, args, kwargs)))}``; a result that is not JSON comes back as ``{"kind": "pickle",
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import pickle
 import threading
 from collections.abc import Callable, Generator, Iterable
@@ -29,10 +28,8 @@ from .client.errors import Conflict, JobFailed, ResultTimeout
 from .client.models import JobInfo
 from .market import payloads
 
-#: How often ``Job.result`` asks the market when no event came (seconds).
-POLL_SECONDS = 2.0
-#: Events on a job's channel that may mean it finished.
-_ENDING_EVENTS = frozenset({"JOB_COMPLETED", "JOB_FAILED", "RESYNC"})
+#: How long one ``GET jobs/{id}/result?wait=`` of ``Job.result`` is held at the market (seconds).
+RESULT_WAIT_SECONDS = 30.0
 
 _lock = threading.Lock()
 _default: MarketClient | None = None
@@ -153,26 +150,18 @@ class Job:
 
 
 async def wait_for_result(client: AsyncMarketClient, job_id: str) -> Any:
-    """Wait until the job is terminal (its events, else a poll every POLL_SECONDS); its result."""
-    subscription = client.events(f"job:{job_id}")
-    try:
-        while True:
-            info = await client.job(job_id)
-            if info.terminal:
-                break
-            with contextlib.suppress(TimeoutError, ConnectionError):
-                async with asyncio.timeout(POLL_SECONDS):
-                    while (await subscription.get()).type not in _ENDING_EVENTS:
-                        pass
-    finally:
-        await subscription.close()
-    if info.status != "COMPLETED":
-        raise JobFailed(409, info.status.lower(), info.error or f"job {info.status}", body=info.raw)
-    try:
-        answer = await client.job_result(job_id)
-    except Conflict:  # not yet readable: ask once more after the market caught up
-        await asyncio.sleep(POLL_SECONDS)
-        answer = await client.job_result(job_id)
+    """Wait until the job is terminal, its result then: each call is held at the market until
+    the job ends (or RESULT_WAIT_SECONDS pass, and it is asked again)."""
+    while True:
+        try:
+            answer = await client.job_result(job_id, wait=RESULT_WAIT_SECONDS)
+            break
+        except Conflict:  # not finished within the wait
+            continue
+    if answer.status != "COMPLETED":
+        raise JobFailed(
+            409, answer.status.lower(), answer.error or f"job {answer.status}", body=answer.raw
+        )
     return decode_result(answer.result)
 
 

@@ -173,10 +173,12 @@ class AsyncMarketClient:
         params: Mapping[str, Any] | None = None,
         auth: str | None = "user",
         idempotency_key: str | None = None,
+        http_timeout: float | None = None,
     ) -> Any:
         """One API call → its JSON answer, or the :class:`MarketError` for its error answer.
 
         ``auth``: ``"user"`` (the bearer token), ``"worker"`` (the worker token) or None.
+        ``http_timeout``: seconds for this call (default: the client's ``timeout``).
         """
         if auth == "user" and not self.token and self.can_sign_in:
             await self.sign_in()
@@ -185,7 +187,9 @@ class AsyncMarketClient:
         waits = 0
         while True:
             headers = self._headers(auth, idempotency_key)
-            response = await self._send(method, path, json, params, headers, idempotency_key)
+            response = await self._send(
+                method, path, json, params, headers, idempotency_key, http_timeout
+            )
             if (
                 response.status_code == 401
                 and auth == "user"
@@ -237,6 +241,7 @@ class AsyncMarketClient:
         params: Mapping[str, Any] | None,
         headers: dict[str, str],
         idempotency_key: str | None,
+        http_timeout: float | None = None,
     ) -> httpx.Response:
         repeatable = method == "GET" or idempotency_key is not None
         delays = self.backoff.delays()
@@ -244,7 +249,12 @@ class AsyncMarketClient:
         while True:
             try:
                 return await self._client().request(
-                    method, self.api_url + path, json=json, params=params, headers=headers
+                    method,
+                    self.api_url + path,
+                    json=json,
+                    params=params,
+                    headers=headers,
+                    timeout=self.timeout if http_timeout is None else http_timeout,
                 )
             except httpx.TransportError as exc:
                 # ConnectError: nothing reached the market, so even a plain POST may go again
@@ -575,9 +585,18 @@ class AsyncMarketClient:
         )
         return JobCancelled.from_json(answer)
 
-    async def job_result(self, job_id: str) -> JobResult:
-        """A finished job's result and error; Conflict (409) while it is not finished."""
-        answer = await self.request("GET", f"jobs/{_segment(job_id)}/result")
+    async def job_result(self, job_id: str, *, wait: float | None = None) -> JobResult:
+        """A finished job's result and error; Conflict (409) while it is not finished.
+
+        ``wait``: seconds (at most 60) the market holds the answer while the job runs; it comes
+        the moment the job ends, or as the 409 once the wait is over.
+        """
+        path = f"jobs/{_segment(job_id)}/result"
+        if not wait:
+            return JobResult.from_json(await self.request("GET", path))
+        answer = await self.request(
+            "GET", path, params={"wait": wait}, http_timeout=self.timeout + wait
+        )
         return JobResult.from_json(answer)
 
     # ------------------------------------------------------------------ wallet

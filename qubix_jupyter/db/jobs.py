@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import UnknownJob
@@ -164,15 +164,29 @@ async def pending_jobs(session: AsyncSession, *, limit: int) -> Sequence[tuple[J
 
 async def free_provider(session: AsyncSession, job_id: str) -> Provider | None:
     """Make the provider that ran ``job_id`` available again, if it still holds that job."""
-    provider = await session.scalar(
-        select(Provider).where(Provider.current_job_id == job_id).with_for_update()
+    await session.flush()  # changes of this session first: the statement goes around them
+    return await session.scalar(
+        update(Provider)
+        .where(Provider.current_job_id == job_id)
+        .values(current_job_id=None, is_available=True)
+        .returning(Provider)
+        .execution_options(populate_existing=True, synchronize_session=False)
     )
-    if provider is None:
-        return None
-    provider.current_job_id = None
-    provider.is_available = True
+
+
+async def keep_result(session: AsyncSession, job_id: str, result: Any) -> Job:
+    """Store a job's result (one statement), the job as it then stands."""
     await session.flush()
-    return provider
+    job = await session.scalar(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(result=result)
+        .returning(Job)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    if job is None:
+        raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
+    return job
 
 
 async def prior_receipt(session: AsyncSession, key: str) -> Receipt | None:

@@ -460,10 +460,12 @@ class Ledger:
         idempotency_key: str,
         final_status: JobStatus = JobStatus.COMPLETED,
         error: str | None = None,
+        within: Within | None = None,
     ) -> Receipt:
         """Settle a job: ``ceil(price × seconds / 3600)`` (never above the escrow) goes to the
         provider less the platform fee, the rest of the escrow back to the consumer, and the job
-        becomes ``final_status`` in the same transaction."""
+        becomes ``final_status`` in the same transaction (``within`` runs in it too, once: not
+        when the key's answer is replayed)."""
         require_amount(seconds, name="seconds", allow_zero=True)
         if final_status not in TERMINAL_JOB_STATES:
             raise InvalidState(f"a charge ends a job; {final_status.value} is not an end state")
@@ -521,7 +523,7 @@ class Ledger:
             {"op": "charge", "job": job_id, "seconds": seconds, "fee": fee_bps}
             | {"status": final_status.value, "error": error},
         )
-        return await self._execute("charge", idempotency_key, params, work, native)
+        return await self._execute("charge", idempotency_key, params, work, native, within)
 
     async def refund(
         self,
@@ -530,8 +532,10 @@ class Ledger:
         idempotency_key: str,
         final_status: JobStatus = JobStatus.FAILED,
         error: str | None = None,
+        within: Within | None = None,
     ) -> Receipt:
-        """Return a job's whole escrow to the consumer and end the job as ``final_status``."""
+        """Return a job's whole escrow to the consumer and end the job as ``final_status``
+        (``within`` runs in the same transaction, as for :meth:`charge`)."""
         if final_status not in TERMINAL_JOB_STATES:
             raise InvalidState(f"a refund ends a job; {final_status.value} is not an end state")
         escrow = escrow_account_id(job_id)
@@ -556,7 +560,7 @@ class Ledger:
         params = {"job_id": job_id, "final_status": final_status.value, "error": error}
         native = ("qubix_settle", {"op": "refund", "job": job_id, "seconds": 0, "fee": 0,
                                   "status": final_status.value, "error": error})  # fmt: skip
-        return await self._execute("refund", idempotency_key, params, work, native)
+        return await self._execute("refund", idempotency_key, params, work, native, within)
 
     @staticmethod
     async def _finish(

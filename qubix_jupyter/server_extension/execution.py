@@ -51,7 +51,7 @@ from ..dask_provider.scheduler import (
 from ..db.auth_store import WorkerOwner
 from ..db.models import Job, Provider
 from ..market import payloads
-from ..market.errors import QubixError
+from ..market.errors import QubixError, UnknownJob
 from ..market.jobs import ResultTooLarge
 from ..market.liveness import ProviderStatus
 from ..market.states import JobStatus
@@ -231,11 +231,7 @@ class ExecutionService:
 
     # ------------------------------------------------------------------ dispatch
 
-    async def _assigned(self, job: Job) -> None:
-        async with self._sessionmaker() as session:
-            provider = await session.get(Provider, job.provider_id)
-        if provider is None:
-            return
+    async def _assigned(self, job: Job, provider: Provider) -> None:
         run = Run(job.id, provider.id, provider.worker_id, job.reassignments)
         address = self.workers.get(provider.worker_id)
         if address is None and self._external and self.market is not None:
@@ -396,12 +392,9 @@ class ExecutionService:
 
     async def _settle(self, run: Run, *, succeeded: bool, result: Any, error: str | None) -> None:
         async with run.order:  # after the progress it reported before it finished
-            async with self._sessionmaker() as session:
-                job = await session.get(Job, run.job_id)
-            if job is None or not self._current(job, run):
-                return  # an answer of an earlier run: that run was settled (or lost) already
-            # ResultTooLarge: the job failed, charged its time, and its error says why.
-            with contextlib.suppress(ResultTooLarge):
+            # ResultTooLarge: the job failed, charged its time, and its error says why. An
+            # answer of an earlier run settles nothing: that run was settled (or lost) already.
+            with contextlib.suppress(ResultTooLarge, UnknownJob):
                 await self._jobs.complete(
                     run.job_id,
                     run.owner,
@@ -410,6 +403,7 @@ class ExecutionService:
                     result=result,
                     error=error,
                     request_key=f"job:{run.job_id}:run:{run.step}",
+                    step=run.step,
                 )
 
     async def _provider_lost(self, job_id: str, provider_id: str | None, *, reason: str) -> None:

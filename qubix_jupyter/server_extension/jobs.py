@@ -38,14 +38,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
-from ..db.ledger import Ledger, Receipt
+from ..db.ledger import Ledger, Receipt, Within
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
 from ..market.events import MARKETPLACE, EventType, job_channel
 from ..market.jobs import ResultTooLarge, charged_seconds, excess_at_assignment, next_progress
 from ..market.jobs import assigned_escrow as escrow_at_price
 from ..market.matching import Assign, Decision, Fail, JobConstraints, Wait, decide_assignment, rank
-from ..market.states import JobStatus, check_transition
+from ..market.states import TERMINAL_JOB_STATES, JobStatus, check_transition
 from . import jobs_models as m
 from .errors import Forbidden
 from .events import EventHub
@@ -54,8 +54,12 @@ from .marketplace_endpoints import offer_out
 log = logging.getLogger(__name__)
 
 Hook = Callable[[Job], Awaitable[None] | None]
+#: An ``on_assigned`` hook: the job and the provider it was given to.
+AssignedHook = Callable[[Job, Provider], Awaitable[None] | None]
 #: Job ids are derived from the request key, so a retried create finds the job it made.
 _JOB_IDS = uuid.UUID("7a0c9d7e-5d2b-4c53-9a51-2f6f0c1b4e11")
+#: A job on a provider: assigned to it, or running there.
+_OPEN = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 #: PENDING jobs looked at per sweep.
 SWEEP_BATCH = 500
 
@@ -105,13 +109,15 @@ class JobService:
         self.sweep_interval = sweep_interval_seconds
         self._clock = clock
         #: Called with the job once it is ASSIGNED (committed): the dispatcher submits it.
-        self.on_assigned: list[Hook] = []
+        self.on_assigned: list[AssignedHook] = []
         #: Called with the job once it is terminal (COMPLETED, FAILED, CANCELLED).
         self.on_finished: list[Hook] = []
         self._assigning = asyncio.Lock()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
+        #: job id → the requests waiting for it to end (``finished``), answered with the job.
+        self._finish_waiters: dict[str, set[asyncio.Future[Job]]] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -130,6 +136,34 @@ class JobService:
         if job.user_id != user_id and (provider is None or provider.user_id != user_id):
             raise Forbidden("this job is neither yours nor on your provider", jobId=job_id)
         return job, provider
+
+    async def finished(self, job_id: str, user_id: str, *, wait: float = 0) -> Job:
+        """The consumer's job, once it is terminal or ``wait`` seconds have passed (403 for
+        anyone else's). The waiter is registered before the job is read, so an end committed
+        in between is not missed; it is woken after the end is committed."""
+        ended: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        waiters = self._finish_waiters.setdefault(job_id, set())
+        waiters.add(ended)
+        try:
+            job, _ = await self.get(job_id)
+            if job.user_id != user_id:
+                raise Forbidden("only the job's consumer may read its result", jobId=job.id)
+            if job.status in TERMINAL_JOB_STATES or wait <= 0:
+                return job
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    return await asyncio.shield(ended)
+            job, _ = await self.get(job_id)  # as it stands now (ended elsewhere, or not)
+            return job
+        finally:
+            waiters.discard(ended)
+            if not waiters and self._finish_waiters.get(job_id) is waiters:
+                del self._finish_waiters[job_id]
+
+    def _wake_waiters(self, job: Job) -> None:
+        for ended in self._finish_waiters.get(job.id, ()):
+            if not ended.done():
+                ended.set_result(job)
 
     async def of_consumer(
         self, user_id: str, *, status: JobStatus | None, offset: int, limit: int
@@ -164,9 +198,13 @@ class JobService:
         compute_seconds: int,
         constraints: JobConstraints,
         input_data: Any,
-    ) -> Job:
+    ) -> tuple[Job, Provider | None]:
         """A PENDING job with its escrow locked (ceil(maxPrice × budget / 3600)), then assigned
-        at once if an offer matches. The wallet cannot pay: 402 and nothing is left behind."""
+        at once if an offer matches: the job and its provider (None while it waits). The wallet
+        cannot pay: 402 and nothing is left behind.
+
+        An assigned job is handed to the ``on_assigned`` hooks (dispatched) before the wallet
+        events are read and sent: those are not on the job's way to its worker."""
         job_id = str(uuid.uuid5(_JOB_IDS, request_key))
         async with self._sessionmaker() as session, session.begin():
             job = await db.insert_job(
@@ -178,6 +216,7 @@ class JobService:
                 constraints=constraints,
                 input_data=input_data,
             )
+        locked = False
         if job.status is JobStatus.PENDING and job.estimated_cost > 0:
             try:
                 receipt = await self._ledger.lock_escrow(
@@ -187,11 +226,19 @@ class JobService:
                 async with self._sessionmaker() as session, session.begin():
                     await db.discard_unfunded(session, job_id)
                 raise
-            if not receipt.replayed:
-                await self._balance_changed(user_id, -job.estimated_cost, "escrow_lock", job_id)
-        await self.assign(job_id)
-        job, _ = await self.get(job_id)
-        return job
+            locked = not receipt.replayed
+        escrowed = job.estimated_cost
+        async with self._assigning:
+            decision, assigned, release = await self._assign(job_id, self._clock())
+        if locked:
+            await self._balance_changed(user_id, -escrowed, "escrow_lock", job_id)
+        if release is not None:
+            await release()
+        if isinstance(decision, Assign) and isinstance(decision.provider, Provider) and assigned:
+            return assigned, decision.provider
+        if isinstance(decision, Wait) and assigned is not None:
+            return assigned, None
+        return await self.get(job_id)
 
     # ------------------------------------------------------------------ assignment
 
@@ -201,14 +248,21 @@ class JobService:
         Returns what was decided, or None when the job is not PENDING any more.
         """
         async with self._assigning:
-            return await self._assign(job_id, now or self._clock())
+            decision, _, release = await self._assign(job_id, now or self._clock())
+        if release is not None:
+            await release()
+        return decision
 
-    async def _assign(self, job_id: str, now: dt.datetime) -> Decision | None:
+    async def _assign(
+        self, job_id: str, now: dt.datetime
+    ) -> tuple[Decision | None, Job | None, Callable[[], Awaitable[None]] | None]:
+        """The decision, the job as it stands after it, and what is left to do once the
+        assignment lock is let go (the escrow above the provider's price given back)."""
         taken: Provider | None = None
         async with self._sessionmaker() as session, session.begin():
             job = await db.get_job(session, job_id, lock=True)
             if job.status is not JobStatus.PENDING:
-                return None
+                return None, None, None
             held = await db.escrow_held(session, job_id, lock=True)
             constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
             funded = held >= job.estimated_cost
@@ -223,7 +277,7 @@ class JobService:
                         taken = fresh
                         break
                 if taken is None:  # every candidate was taken meanwhile: try again next sweep
-                    return Wait(db.utc(job.created_at) + self.assign_timeout)
+                    return Wait(db.utc(job.created_at) + self.assign_timeout), job, None
                 check_transition(job.status, JobStatus.ASSIGNED)
                 job.status = JobStatus.ASSIGNED
                 job.provider_id = taken.id
@@ -237,10 +291,16 @@ class JobService:
                 step = job.reassignments
         if isinstance(decision, Fail):
             await self._fail_unassignable(job)
-            return decision
+            return decision, None, None
         if taken is None:
-            return decision
-        if excess:
+            return decision, job, None
+        self._run_hooks(self.on_assigned, job, taken)
+        self._publish_job(EventType.JOB_ASSIGNED, job, taken.worker_id)
+        self._publish_offer(taken)
+        if not excess:
+            return Assign(taken), job, None
+
+        async def release() -> None:
             try:
                 await self._ledger.release_escrow(
                     job_id, excess, idempotency_key=f"job:{job_id}:assign:{step}:release"
@@ -249,10 +309,8 @@ class JobService:
                 pass  # settled meanwhile (cancelled): the settlement gave the escrow back whole
             else:
                 await self._balance_changed(job.user_id, excess, "escrow_release", job_id)
-        self._publish_job(EventType.JOB_ASSIGNED, job, taken.worker_id)
-        self._publish_offer(taken)
-        self._run_hooks(self.on_assigned, job)
-        return Assign(taken)
+
+        return Assign(taken), job, release
 
     async def provider_lost(self, job_id: str, *, reason: str = "provider_lost") -> Decision | None:
         """The job's provider went away (worker lost, hardware fault) before it finished.
@@ -316,32 +374,37 @@ class JobService:
                 await self._balance_changed(job.user_id, -difference, "escrow_reassign", job_id)
         self._publish_job(EventType.JOB_REASSIGNED, job, taken.worker_id)
         self._publish_offer(taken)
-        self._run_hooks(self.on_assigned, job)
+        self._run_hooks(self.on_assigned, job, taken)
         return Assign(taken)
 
     async def _fail(self, job: Job, error: str, *, key: str) -> None:
         """End an open job FAILED with its whole escrow refunded (nobody's time is charged)."""
         check_transition(job.status, JobStatus.FAILED)
-        try:
-            receipt = await self._ledger.refund(
-                job.id, idempotency_key=key, final_status=JobStatus.FAILED, error=error
+        with contextlib.suppress(InvalidState):  # settled meanwhile
+            await self._end(
+                job.id,
+                lambda within: self._ledger.refund(
+                    job.id,
+                    idempotency_key=key,
+                    final_status=JobStatus.FAILED,
+                    error=error,
+                    within=within,
+                ),
             )
-        except InvalidState:
-            return  # settled meanwhile
-        await self._settled(job.id, receipt, None)
 
     async def _fail_unassignable(self, job: Job) -> None:
         check_transition(job.status, JobStatus.FAILED)
-        try:
-            receipt = await self._ledger.refund(
+        with contextlib.suppress(InvalidState):  # cancelled meanwhile
+            await self._end(
                 job.id,
-                idempotency_key=f"job:{job.id}:unassignable",
-                final_status=JobStatus.FAILED,
-                error="unassignable",
+                lambda within: self._ledger.refund(
+                    job.id,
+                    idempotency_key=f"job:{job.id}:unassignable",
+                    final_status=JobStatus.FAILED,
+                    error="unassignable",
+                    within=within,
+                ),
             )
-        except InvalidState:
-            return  # cancelled meanwhile
-        await self._settled(job.id, receipt, None)
 
     async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
         """One pass of the assigner over the PENDING jobs, oldest first."""
@@ -428,21 +491,34 @@ class JobService:
         result: Any,
         error: str | None,
         request_key: str,
-    ) -> tuple[Job, Payment]:
+        step: int | None = None,
+    ) -> tuple[Job, Payment] | None:
         """Settle a job its worker finished: charge the seconds the market measured since it
         started (or was assigned), capped by the budget; pay the provider; refund the rest.
 
         A failed job (the consumer's code failed) is charged its time too. A result over
         ``max_result_bytes`` fails the job (charged its time, the rest refunded) and raises
-        :class:`ResultTooLarge` (413).
+        :class:`ResultTooLarge` (413). The result is stored in the transaction that ends the
+        job, so a job is never seen COMPLETED without it.
+
+        ``step``: the answer is of that run (the job's ``reassignments`` when it was sent): if
+        the job is not open on that run any more, nothing is settled and None is returned.
         """
         key = f"{request_key}:charge"
         encoded = None if result is None else json.dumps(result, separators=(",", ":"))
         too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
         async with self._sessionmaker() as session:
             job = await db.get_job(session, job_id)
+            if step is not None and not (
+                job.status in _OPEN
+                and job.provider_id == worker.provider_id
+                and job.reassignments == step
+            ):
+                return None  # an answer of an earlier run: settled (or lost) already
             self._require_worker(job, worker, worker_id)
-            receipt = await db.prior_receipt(session, key)
+            receipt = None
+            if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
+                receipt = await db.prior_receipt(session, key)
         if too_large:
             error = (
                 f"the result is {len(encoded.encode())} bytes; the market keeps at most "  # type: ignore[union-attr]
@@ -458,14 +534,20 @@ class JobService:
             since = job.started_at or job.assigned_at
             assert since is not None  # an ASSIGNED or RUNNING job has been assigned
             seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
-            receipt = await self._ledger.charge(
-                job_id, seconds=seconds, idempotency_key=key, final_status=target, error=error
+            receipt, job = await self._end(
+                job_id,
+                lambda within: self._ledger.charge(
+                    job_id,
+                    seconds=seconds,
+                    idempotency_key=key,
+                    final_status=target,
+                    error=error,
+                    within=within,
+                ),
+                result=None if too_large else result,
             )
-        kept = None if too_large else result
-        await self._settled(job_id, receipt, kept)
-        if too_large:
+        if too_large:  # and a retry of it is told the same
             raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
-        job, _ = await self.get(job_id)
         return job, Payment.of(receipt)
 
     # ------------------------------------------------------------------ the consumer's cancel
@@ -480,55 +562,83 @@ class JobService:
                 if job.user_id != user_id:
                     raise Forbidden("only the job's consumer may cancel it", jobId=job_id)
                 receipt = await db.prior_receipt(session, key)
-            if receipt is None:
-                check_transition(job.status, JobStatus.CANCELLED)
-                if job.status is JobStatus.PENDING:
-                    receipt = await self._ledger.refund(
-                        job_id, idempotency_key=key, final_status=JobStatus.CANCELLED
-                    )
-                else:
-                    since = job.started_at or job.assigned_at
-                    assert since is not None
-                    seconds = charged_seconds(
-                        since, self._clock(), budget_seconds=job.compute_seconds
-                    )
-                    receipt = await self._ledger.charge(
+            if receipt is not None:
+                return job, Payment.of(receipt)
+            check_transition(job.status, JobStatus.CANCELLED)
+            if job.status is JobStatus.PENDING:
+                receipt, ended = await self._end(
+                    job_id,
+                    lambda within: self._ledger.refund(
+                        job_id,
+                        idempotency_key=key,
+                        final_status=JobStatus.CANCELLED,
+                        within=within,
+                    ),
+                )
+            else:
+                since = job.started_at or job.assigned_at
+                assert since is not None
+                seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
+                receipt, ended = await self._end(
+                    job_id,
+                    lambda within: self._ledger.charge(
                         job_id,
                         seconds=seconds,
                         idempotency_key=key,
                         final_status=JobStatus.CANCELLED,
-                    )
-        await self._settled(job_id, receipt, None)
-        job, _ = await self.get(job_id)
-        return job, Payment.of(receipt)
+                        within=within,
+                    ),
+                )
+        return ended, Payment.of(receipt)
 
     # ------------------------------------------------------------------ after settlement
 
-    async def _settled(self, job_id: str, receipt: Receipt, result: Any) -> None:
-        """A job is terminal: keep its result, free its provider, tell everyone, once."""
-        async with self._sessionmaker() as session, session.begin():
-            job = await db.get_job(session, job_id, lock=True)
-            if result is not None:
-                job.result = result
-            freed = await db.free_provider(session, job_id)
-            owner = None
+    async def _end(
+        self,
+        job_id: str,
+        settle: Callable[[Within], Awaitable[Receipt]],
+        *,
+        result: Any = None,
+    ) -> tuple[Receipt, Job]:
+        """End a job through ``settle`` (a charge or a refund of the ledger): in its transaction
+        the result is kept and the provider freed, so the end, the money, the result and the
+        free provider commit together. Then everyone is told, once; the job as it ended is
+        returned (as it stands, for an answer replayed)."""
+        ended: dict[str, Any] = {}
+
+        async def within(session: AsyncSession) -> None:
+            # The job's row is locked by the ledger's operation already.
+            if result is None:
+                job = await db.get_job(session, job_id)
+            else:
+                job = await db.keep_result(session, job_id, result)
+            ended["freed"] = await db.free_provider(session, job_id)
+            provider = None
             if job.provider_id is not None:
                 provider = await db.provider(session, job.provider_id)
-                owner = None if provider is None else (provider.user_id, provider.worker_id)
-        if receipt.replayed:
-            return
+            ended["owner"] = None if provider is None else (provider.user_id, provider.worker_id)
+            ended["job"] = job
+
+        receipt = await settle(within)
+        if receipt.replayed or "job" not in ended:
+            job, _ = await self.get(job_id)
+            return receipt, job
+        job = ended["job"]
+        owner: tuple[str, str] | None = ended["owner"]
+        self._wake_waiters(job)
+        kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
+        self._publish_job(kind, job, None if owner is None else owner[1])
+        if ended["freed"] is not None:
+            self._publish_offer(ended["freed"])
+        if job.provider_id is not None:
+            self._wake.set()  # its provider may take a waiting job now
+        self._run_hooks(self.on_finished, job)
         payment = Payment.of(receipt)
         if payment.refund:
             await self._balance_changed(job.user_id, payment.refund, "job_refund", job_id)
         if owner is not None and payment.provider_earning:
             await self._balance_changed(owner[0], payment.provider_earning, "job_earning", job_id)
-        kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
-        self._publish_job(kind, job, None if owner is None else owner[1])
-        if freed is not None:
-            self._publish_offer(freed)
-        if job.provider_id is not None:
-            self._wake.set()  # its provider may take a waiting job now
-        self._run_hooks(self.on_finished, job)
+        return receipt, job
 
     # ------------------------------------------------------------------ events and hooks
 
@@ -545,18 +655,18 @@ class JobService:
         offer = offer_out(provider).model_dump(mode="json", by_alias=True)
         self._events.publish(MARKETPLACE, EventType.MARKETPLACE_UPDATE, {"providers": [offer]})
 
-    def _run_hooks(self, hooks: list[Hook], job: Job) -> None:
+    def _run_hooks(self, hooks: list[Any], job: Job, *more: Any) -> None:
         """Each hook runs as a task of its own: a request never waits on the dispatcher, and a
         hook may call back into this service (assign, cancel) without waiting on itself."""
         for hook in list(hooks):
-            task = asyncio.get_running_loop().create_task(self._hook(hook, job))
+            task = asyncio.get_running_loop().create_task(self._hook(hook, job, *more))
             self._hook_tasks.add(task)
             task.add_done_callback(self._hook_tasks.discard)
 
     @staticmethod
-    async def _hook(hook: Hook, job: Job) -> None:
+    async def _hook(hook: Callable[..., Any], job: Job, *more: Any) -> None:
         try:
-            outcome = hook(job)
+            outcome = hook(job, *more)
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:  # a hook's failure is its own; the job's state stands

@@ -30,7 +30,7 @@ async def create_job(call: Call) -> BaseModel:
         raise Forbidden(
             "qubicAddress must be your own wallet's identity", qubicAddress=body.qubicAddress
         )
-    job = await _jobs(call).create(
+    job, provider = await _jobs(call).create(
         user.id,
         request_key=call.request_key,
         model_type=body.modelType,
@@ -40,7 +40,6 @@ async def create_job(call: Call) -> BaseModel:
         ),
         input_data=body.inputData,
     )
-    _, provider = await _jobs(call).get(job.id)
     out = m.job_out(job, worker_id=None if provider is None else provider.worker_id)
     return m.CreateJobResponse(success=True, job=out, estimatedCost=job.estimated_cost)
 
@@ -77,9 +76,8 @@ async def cancel_job(call: Call) -> BaseModel:
 
 
 async def job_result(call: Call) -> BaseModel:
-    job, _ = await _jobs(call).get(call.params["jobId"])
-    if job.user_id != call.caller.user.id:
-        raise Forbidden("only the job's consumer may read its result", jobId=job.id)
+    q: m.ResultQuery = call.query
+    job = await _jobs(call).finished(call.params["jobId"], call.caller.user.id, wait=q.wait)
     if job.status not in TERMINAL_JOB_STATES:
         raise InvalidState(
             f"job {job.id} is {job.status.value}: its result is not there yet",
@@ -110,7 +108,7 @@ async def report_progress(call: Call) -> BaseModel:
 
 async def complete_job(call: Call) -> BaseModel:
     body: m.CompleteRequest = call.body
-    _, payment = await _jobs(call).complete(
+    settled = await _jobs(call).complete(
         call.params["jobId"],
         call.calling_worker,
         worker_id=body.workerId,
@@ -119,7 +117,8 @@ async def complete_job(call: Call) -> BaseModel:
         error=body.error,
         request_key=call.request_key,
     )
-    return m.CompleteResponse(success=True, payment=payment.out())
+    assert settled is not None  # None only for an answer of a given run (``step``)
+    return m.CompleteResponse(success=True, payment=settled[1].out())
 
 
 _JOB = r"jobs/(?P<jobId>[^/]+)"
@@ -182,8 +181,10 @@ ROUTES: tuple[Route, ...] = (
         "GET",
         _JOB + "/result",
         job_result,
-        "Your finished job's result and error (409 while it is not finished)",
+        "Your finished job's result and error (409 while it is not finished; with wait=S the "
+        "answer comes when the job ends, or as that 409 after S seconds)",
         m.ResultResponse,
+        query=m.ResultQuery,
         tag="jobs",
         errors=(403, 404, 409),
     ),

@@ -111,6 +111,25 @@ class JobListQuery(BaseModel):
     limit: int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
 
+#: The longest a ``GET jobs/{id}/result?wait=`` holds its answer back.
+MAX_RESULT_WAIT_SECONDS = 60
+
+
+class ResultQuery(BaseModel):
+    """``GET jobs/{id}/result``: ``wait`` seconds to wait for an unfinished job to end."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wait: float = Field(
+        default=0,
+        ge=0,
+        le=MAX_RESULT_WAIT_SECONDS,
+        allow_inf_nan=False,
+        description="seconds to hold the answer while the job is not finished (0: answer now); "
+        "it comes the moment the job ends, or as 409 once the wait is over",
+    )
+
+
 # ---------------------------------------------------------------------- responses
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,7 @@ from tornado.httpclient import HTTPResponse
 from tornado.websocket import WebSocketClientConnection
 
 from qubix_jupyter.db.ledger import audit
-from qubix_jupyter.db.models import Job, Transaction
+from qubix_jupyter.db.models import Job, Provider, Transaction
 from qubix_jupyter.market.matching import Assign, Fail
 from qubix_jupyter.server_extension.handlers import SERVICES
 from qubix_jupyter.server_extension.services import Services
@@ -543,6 +544,101 @@ async def test_a_waiting_job_is_assigned_when_a_provider_comes_online(
 # ---------------------------------------------------------------------- reads and refusals
 
 
+async def result_of(market: Market, job_id: str, token: str, **params: Any) -> HTTPResponse:
+    """``GET jobs/{id}/result`` with a query (``wait=``)."""
+    return await market.fetch(  # type: ignore[no-any-return]
+        "qubix",
+        "api",
+        "jobs",
+        job_id,
+        "result",
+        params=params,
+        headers={"Authorization": f"Bearer {token}"},
+        raise_error=False,
+    )
+
+
+async def test_a_waiting_result_is_answered_when_the_job_completes(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    waiting = asyncio.ensure_future(result_of(market, job_id, market.alice["token"], wait=30))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert (await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)).code == 200
+    r = await asyncio.wait_for(waiting, 10)
+    assert r.code == 200, r.body
+    assert body_of(r) == {
+        "jobId": job_id,
+        "status": "COMPLETED",
+        "result": COMPLETE["result"],
+        "error": None,
+    }
+    # A finished job is answered at once, whatever the wait.
+    again = await asyncio.wait_for(result_of(market, job_id, market.alice["token"], wait=30), 10)
+    assert body_of(again) == body_of(r)
+
+
+async def test_a_waiting_result_of_a_cancelled_job_says_so(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    waiting = asyncio.ensure_future(result_of(market, job_id, market.alice["token"], wait=30))
+    await asyncio.sleep(0.2)
+    cancelled = await market.api("POST", f"jobs/{job_id}/cancel", token=market.alice["token"])
+    assert cancelled.code == 200, cancelled.body
+    r = await asyncio.wait_for(waiting, 10)
+    assert r.code == 200
+    assert body_of(r)["status"] == "CANCELLED"
+
+
+async def test_a_wait_that_runs_out_is_the_unfinished_409(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    started = time.monotonic()
+    r = await result_of(market, job_id, market.alice["token"], wait=0.3)
+    assert time.monotonic() - started >= 0.3  # it was held for the wait
+    assert r.code == 409
+    assert error_code(r) == "invalid_state"
+    assert body_of(r)["error"]["details"]["status"] == "ASSIGNED"
+
+
+async def test_a_wait_is_refused_when_it_is_not_a_wait_or_not_your_job(market: Market):
+    job_id = body_of(await market.create())["job"]["id"]
+    for bad in ("-1", "61", "nan", "inf", "soon"):
+        r = await result_of(market, job_id, market.alice["token"], wait=bad)
+        assert r.code == 422, (bad, r.body)
+    carol = await login(market.api, SEED_CAROL)
+    # Someone else's job is refused before any waiting.
+    r = await asyncio.wait_for(result_of(market, job_id, carol["token"], wait=30), 10)
+    assert r.code == 403
+    r = await asyncio.wait_for(result_of(market, "no-such-job", carol["token"], wait=30), 10)
+    assert r.code == 404
+
+
+async def test_a_job_is_never_seen_completed_without_its_result(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+):
+    """The result is stored in the transaction that ends the job: the moment the charge has
+    committed, a reader sees the job COMPLETED with its result, and its provider free."""
+    ledger = market.services.jobs._ledger
+    charge = ledger.charge
+    seen: list[Job] = []
+
+    async def charge_then_look(job_id: str, **options: Any) -> Any:
+        receipt = await charge(job_id, **options)
+        seen.append(await market.job_row(job_id))
+        return receipt
+
+    monkeypatch.setattr(ledger, "charge", charge_then_look)
+    job_id = body_of(await market.create())["job"]["id"]
+    assert (await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)).code == 200
+    [row] = seen
+    assert row.status.value == "COMPLETED"
+    assert row.result == COMPLETE["result"]
+    async with market.services.sessionmaker() as session:
+        provider = (
+            await session.scalars(select(Provider).where(Provider.worker_id == "bob-1"))
+        ).one()
+    assert provider.current_job_id is None
+    await market.audit_ok()
+
+
 async def test_reads_check_ownership(market: Market):
     job_id = body_of(await market.create())["job"]["id"]
     carol = await login(market.api, SEED_CAROL)
@@ -663,13 +759,14 @@ async def test_the_lifecycle_is_published(
 
         await market.set_provider("bob-1", is_online=True)
         await services.jobs.sweep()
-        released = await frame_of(alice, "BALANCE_CHANGED")
-        assert released["data"]["change"] == 60
-        assert released["data"]["balance"] == 960
+        # The job's change is told first, then the wallet's (read after it was dispatched).
         assigned = await frame_of(alice, "JOB_ASSIGNED")
         assert assigned["channel"] == f"job:{job_id}"
         assert assigned["data"]["job"]["status"] == "ASSIGNED"
         assert assigned["data"]["job"]["workerId"] == "bob-1"
+        released = await frame_of(alice, "BALANCE_CHANGED")
+        assert released["data"]["change"] == 60
+        assert released["data"]["balance"] == 960
         busy = await frame_of(public, "MARKETPLACE_UPDATE")
         assert [(p["workerId"], p["status"]) for p in busy["data"]["providers"]] == [
             ("bob-1", "busy")
@@ -683,11 +780,11 @@ async def test_the_lifecycle_is_published(
         await market.backdate(job_id, seconds=900)
         done = await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)
         cost = body_of(done)["payment"]["cost"]
+        completed = await frame_of(alice, "JOB_COMPLETED")
+        assert completed["data"]["job"]["status"] == "COMPLETED"
         refunded = await frame_of(alice, "BALANCE_CHANGED")
         assert refunded["data"]["reason"] == "job_refund"
         assert refunded["data"]["balance"] == 1000 - cost
-        completed = await frame_of(alice, "JOB_COMPLETED")
-        assert completed["data"]["job"]["status"] == "COMPLETED"
         earned = await frame_of(bob, "BALANCE_CHANGED")
         assert earned["data"]["reason"] == "job_earning"
         assert earned["data"]["change"] == earned["data"]["balance"] == cost
