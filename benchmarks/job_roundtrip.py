@@ -4,9 +4,10 @@ Starts ``qubix serve`` (jobs executed on the embedded scheduler) on a fresh Post
 two CPU providers through :class:`ProviderLauncher` (``qubix provide``), and measures
 
 * ``roundtrip``: a no-op ``python`` job, submit → result through the market API (create, then
-  ``GET jobs/{id}/result?wait=``, answered when the job ends), against ``raw_execute``: the same no-op through the
-  same runner task (``dispatch.execute``: the job's child process) submitted with
-  ``client.submit`` to the same scheduler and worker, and ``raw_submit``: a bare
+  ``GET jobs/{id}/result?wait=``, answered when the job ends), against ``raw_execute``: the
+  same no-op through the same runner task (``dispatch.execute``: the job's child process)
+  submitted with ``client.submit`` to a plain scheduler and a worker started the way the
+  launcher starts one, and ``raw_submit``: a bare
   ``client.submit`` of a no-op function (no child process);
 * ``assign``: from the job's creation to its assignment (``assignedAt``) and to its start on the
   worker (``startedAt``), both on the market's clock, with the provider idle;
