@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import UnknownJob
@@ -18,7 +18,7 @@ from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
 from ..market.states import AccountKind, JobStatus, escrow_account_id
 from .ledger import Receipt
-from .models import Account, IdempotencyKey, Job, Provider, Transaction
+from .models import Account, IdempotencyKey, Job, Provider
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
 CANDIDATES = 200
@@ -70,21 +70,6 @@ async def insert_job(
     session.add(Account(id=escrow_account_id(job_id), kind=AccountKind.ESCROW, job_id=job_id))
     await session.flush()
     return job
-
-
-async def discard_unfunded(session: AsyncSession, job_id: str) -> bool:
-    """Remove a PENDING job whose escrow was never locked (the wallet could not pay it)."""
-    job = await session.get(Job, job_id, with_for_update=True)
-    if job is None or job.status is not JobStatus.PENDING:
-        return False
-    entries = await session.scalar(
-        select(func.count()).select_from(Transaction).where(Transaction.job_id == job_id)
-    )
-    if entries:
-        return False
-    await session.execute(delete(Account).where(Account.id == escrow_account_id(job_id)))
-    await session.delete(job)
-    return True
 
 
 async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:

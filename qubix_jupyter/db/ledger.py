@@ -251,35 +251,36 @@ class Ledger:
         work: Callable[[_Work], Awaitable[Receipt]],
         native: tuple[str, dict[str, Any]],
         within: Within | None = None,
+        session: AsyncSession | None = None,
     ) -> Receipt:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidIdempotencyKey(
                 f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters", field="key"
             )
         request_hash = _request_hash(operation, params)
+        if session is not None:
+            # Inside the caller's transaction: no retry of its own (a transient failure rolls
+            # that whole transaction back; the caller tries it again, see ``retryable``).
+            try:
+                receipt = await self._attempt(session, operation, key, request_hash, work, native)
+            except DBAPIError as exc:
+                domain = _domain_error(exc.orig)
+                if domain is not None:
+                    raise domain from None
+                raise
+            if within is not None and not receipt.replayed:
+                await within(session)
+            return receipt
         for attempt in range(self._max_attempts):
             try:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
                     return await self._call_raw(native, key, request_hash)
-                async with self._sessionmaker() as session, session.begin():
-                    if self._is_native():
-                        function, args = native
-                        receipt = await self._call(session, function, key, request_hash, args)
-                        if within is not None and not receipt.replayed:
-                            await within(session)
-                        return receipt
-                    prior = await session.get(IdempotencyKey, key)
-                    if prior is not None:
-                        return self._replay(prior, operation, request_hash)
-                    claim = IdempotencyKey(key=key, operation=operation, request_hash=request_hash)
-                    session.add(claim)
-                    await session.flush()  # a concurrent twin now waits on this row
-                    receipt = await work(_Work(session, key))
-                    if within is not None:
-                        await within(session)
-                    claim.response = receipt.to_json()
+                async with self._sessionmaker() as own, own.begin():
+                    receipt = await self._attempt(own, operation, key, request_hash, work, native)
+                    if within is not None and not receipt.replayed:
+                        await within(own)
                 return receipt
             except IntegrityError as exc:
                 if not _is_key_collision(exc):
@@ -294,6 +295,40 @@ class Ledger:
                     raise
                 await asyncio.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 8)))
         raise RuntimeError(f"{operation} {key!r} did not settle after {self._max_attempts} tries")
+
+    async def _attempt(
+        self,
+        session: AsyncSession,
+        operation: str,
+        key: str,
+        request_hash: str,
+        work: Callable[[_Work], Awaitable[Receipt]],
+        native: tuple[str, dict[str, Any]],
+    ) -> Receipt:
+        """One try of the operation in ``session``'s transaction (replayed if its key was used)."""
+        if self._is_native():
+            function, args = native
+            return await self._call(session, function, key, request_hash, args)
+        prior = await session.get(IdempotencyKey, key)
+        if prior is not None:
+            return self._replay(prior, operation, request_hash)
+        claim = IdempotencyKey(key=key, operation=operation, request_hash=request_hash)
+        session.add(claim)
+        await session.flush()  # a concurrent twin now waits on this row
+        receipt = await work(_Work(session, key))
+        claim.response = receipt.to_json()
+        return receipt
+
+    @staticmethod
+    def retryable(error: BaseException) -> bool:
+        """Whether a transaction that ran ledger operations (``session=``) and failed with
+        ``error`` may simply run again: a serialization failure, a deadlock, a lock timeout, or
+        an idempotency key a concurrent twin claimed first (the next try replays its answer)."""
+        if isinstance(error, IntegrityError) and _is_key_collision(error):
+            return True
+        if isinstance(error, DBAPIError):
+            return _is_transient(error.orig)
+        return isinstance(error, psycopg.Error) and _is_transient(error)
 
     def _is_native(self) -> bool:
         if self._native is None:
@@ -416,16 +451,39 @@ class Ledger:
                 status=job.status.value,
             )
 
-    async def lock_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
-        """Move ``amount`` from the consumer's wallet into the job's escrow (may top it up)."""
-        return await self._escrow("lock_escrow", job_id, amount, idempotency_key)
+    async def lock_escrow(
+        self,
+        job_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        session: AsyncSession | None = None,
+    ) -> Receipt:
+        """Move ``amount`` from the consumer's wallet into the job's escrow (may top it up).
 
-    async def release_escrow(self, job_id: str, amount: int, *, idempotency_key: str) -> Receipt:
+        ``session``: run in that session's transaction (commits or rolls back with it)."""
+        return await self._escrow("lock_escrow", job_id, amount, idempotency_key, session)
+
+    async def release_escrow(
+        self,
+        job_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        session: AsyncSession | None = None,
+    ) -> Receipt:
         """Give part of an open job's escrow back (e.g. the excess once a cheaper offer is
-        assigned than the max price that was locked)."""
-        return await self._escrow("release_escrow", job_id, amount, idempotency_key)
+        assigned than the max price that was locked); ``session`` as for :meth:`lock_escrow`."""
+        return await self._escrow("release_escrow", job_id, amount, idempotency_key, session)
 
-    async def _escrow(self, operation: str, job_id: str, amount: int, key: str) -> Receipt:
+    async def _escrow(
+        self,
+        operation: str,
+        job_id: str,
+        amount: int,
+        key: str,
+        session: AsyncSession | None = None,
+    ) -> Receipt:
         """QU between an open job's consumer wallet and its escrow, either way."""
         require_amount(amount)
         escrow = escrow_account_id(job_id)
@@ -450,7 +508,8 @@ class Ledger:
 
         params = {"job_id": job_id, "amount": amount}
         args = {"op": operation, "job": job_id, "amount": amount}
-        return await self._execute(operation, key, params, work, ("qubix_escrow", args))
+        native = ("qubix_escrow", args)
+        return await self._execute(operation, key, params, work, native, session=session)
 
     async def charge(
         self,

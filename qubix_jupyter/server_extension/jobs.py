@@ -30,6 +30,7 @@ import datetime as dt
 import inspect
 import json
 import logging
+import random
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -60,8 +61,19 @@ AssignedHook = Callable[[Job, Provider], Awaitable[None] | None]
 _JOB_IDS = uuid.UUID("7a0c9d7e-5d2b-4c53-9a51-2f6f0c1b4e11")
 #: A job on a provider: assigned to it, or running there.
 _OPEN = (JobStatus.ASSIGNED, JobStatus.RUNNING)
+#: Tries of a create's transaction that failed for a transient reason (deadlock, …).
+CREATE_ATTEMPTS = 20
 #: PENDING jobs looked at per sweep.
 SWEEP_BATCH = 500
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Assignment:
+    """What one assignment decided: the provider taken (if any) and the QU given back."""
+
+    decision: Decision
+    taken: Provider | None = None
+    released: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -199,46 +211,63 @@ class JobService:
         constraints: JobConstraints,
         input_data: Any,
     ) -> tuple[Job, Provider | None]:
-        """A PENDING job with its escrow locked (ceil(maxPrice × budget / 3600)), then assigned
-        at once if an offer matches: the job and its provider (None while it waits). The wallet
-        cannot pay: 402 and nothing is left behind.
+        """A PENDING job with its escrow locked (ceil(maxPrice × budget / 3600)), assigned at
+        once if an offer matches (the escrow above that offer's price given back): the job and
+        its provider (None while it waits). All of it is one transaction, so a wallet that
+        cannot pay is a 402 with nothing left behind.
 
         An assigned job is handed to the ``on_assigned`` hooks (dispatched) before the wallet
         events are read and sent: those are not on the job's way to its worker."""
         job_id = str(uuid.uuid5(_JOB_IDS, request_key))
-        async with self._sessionmaker() as session, session.begin():
-            job = await db.insert_job(
-                session,
-                job_id,
-                user_id,
-                model_type=model_type,
-                compute_seconds=compute_seconds,
-                constraints=constraints,
-                input_data=input_data,
-            )
-        locked = False
-        if job.status is JobStatus.PENDING and job.estimated_cost > 0:
+        for attempt in range(CREATE_ATTEMPTS):
             try:
-                receipt = await self._ledger.lock_escrow(
-                    job_id, job.estimated_cost, idempotency_key=f"{request_key}:escrow"
-                )
-            except InsufficientFunds:
-                async with self._sessionmaker() as session, session.begin():
-                    await db.discard_unfunded(session, job_id)
-                raise
-            locked = not receipt.replayed
-        escrowed = job.estimated_cost
-        async with self._assigning:
-            decision, assigned, release = await self._assign(job_id, self._clock())
+                async with self._assigning:
+                    created = await self._create(
+                        job_id,
+                        user_id,
+                        request_key,
+                        model_type=model_type,
+                        compute_seconds=compute_seconds,
+                        constraints=constraints,
+                        input_data=input_data,
+                    )
+                break
+            except Exception as error:
+                if attempt == CREATE_ATTEMPTS - 1 or not Ledger.retryable(error):
+                    raise
+            await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
+        job, assignment, locked = created
+        if assignment is None:  # a retried create: the job as it stands
+            return await self.get(job_id)
+        await self._assigned(job, assignment)
         if locked:
-            await self._balance_changed(user_id, -escrowed, "escrow_lock", job_id)
-        if release is not None:
-            await release()
-        if isinstance(decision, Assign) and isinstance(decision.provider, Provider) and assigned:
-            return assigned, decision.provider
-        if isinstance(decision, Wait) and assigned is not None:
-            return assigned, None
-        return await self.get(job_id)
+            await self._balance_changed(user_id, -locked, "escrow_lock", job_id)
+        if assignment.released:
+            await self._balance_changed(user_id, assignment.released, "escrow_release", job_id)
+        if isinstance(assignment.decision, Fail):
+            return await self.get(job_id)
+        return job, assignment.taken
+
+    async def _create(
+        self, job_id: str, user_id: str, request_key: str, **fields: Any
+    ) -> tuple[Job, _Assignment | None, int]:
+        """One try of :meth:`create`'s transaction: the job, what its assignment decided (None
+        for a job past PENDING already) and the QU this try locked in escrow."""
+        async with self._sessionmaker() as session, session.begin():
+            job = await db.insert_job(session, job_id, user_id, **fields)
+            if job.status is not JobStatus.PENDING:
+                return job, None, 0
+            locked = 0
+            if job.estimated_cost > 0:
+                receipt = await self._ledger.lock_escrow(
+                    job_id,
+                    job.estimated_cost,
+                    idempotency_key=f"{request_key}:escrow",
+                    session=session,
+                )
+                locked = 0 if receipt.replayed else job.estimated_cost
+            held = await db.escrow_held(session, job_id, lock=True)
+            return job, await self._assign_in(session, job, held, self._clock()), locked
 
     # ------------------------------------------------------------------ assignment
 
@@ -247,70 +276,68 @@ class JobService:
 
         Returns what was decided, or None when the job is not PENDING any more.
         """
-        async with self._assigning:
-            decision, _, release = await self._assign(job_id, now or self._clock())
-        if release is not None:
-            await release()
-        return decision
-
-    async def _assign(
-        self, job_id: str, now: dt.datetime
-    ) -> tuple[Decision | None, Job | None, Callable[[], Awaitable[None]] | None]:
-        """The decision, the job as it stands after it, and what is left to do once the
-        assignment lock is let go (the escrow above the provider's price given back)."""
-        taken: Provider | None = None
-        async with self._sessionmaker() as session, session.begin():
+        async with self._assigning, self._sessionmaker() as session, session.begin():
             job = await db.get_job(session, job_id, lock=True)
             if job.status is not JobStatus.PENDING:
-                return None, None, None
+                return None
             held = await db.escrow_held(session, job_id, lock=True)
-            constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
-            funded = held >= job.estimated_cost
-            offers = list(await db.candidates(session, constraints)) if funded else []
-            decision = decide_assignment(
-                constraints, offers, created_at=job.created_at, now=now, timeout=self.assign_timeout
+            assignment = await self._assign_in(session, job, held, now or self._clock())
+        await self._assigned(job, assignment)
+        if assignment.released:
+            await self._balance_changed(job.user_id, assignment.released, "escrow_release", job_id)
+        return assignment.decision
+
+    async def _assign_in(
+        self, session: AsyncSession, job: Job, held: int, now: dt.datetime
+    ) -> _Assignment:
+        """Decide for a PENDING job (locked in ``session``) whose escrow holds ``held``: give it
+        the best free matching provider (its row locked, then taken), and the escrow above that
+        provider's price back to the wallet, in the caller's transaction."""
+        constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
+        funded = held >= job.estimated_cost
+        offers = list(await db.candidates(session, constraints)) if funded else []
+        decision = decide_assignment(
+            constraints, offers, created_at=job.created_at, now=now, timeout=self.assign_timeout
+        )
+        if not isinstance(decision, Assign):
+            return _Assignment(decision)
+        taken: Provider | None = None
+        for offer in rank(constraints, offers):
+            fresh = await db.lock_free_provider(session, offer.id)
+            if fresh is not None and constraints.accepts(fresh):
+                taken = fresh
+                break
+        if taken is None:  # every candidate was taken meanwhile: try again next sweep
+            return _Assignment(Wait(db.utc(job.created_at) + self.assign_timeout))
+        check_transition(job.status, JobStatus.ASSIGNED)
+        job.status = JobStatus.ASSIGNED
+        job.provider_id = taken.id
+        job.price_per_hour = taken.price_per_hour
+        job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
+        job.assigned_at = now
+        taken.is_available = False
+        taken.current_job_id = job.id
+        taken.last_assigned_at = now
+        excess = excess_at_assignment(held, taken.price_per_hour, job.compute_seconds)
+        released = 0
+        if excess:
+            receipt = await self._ledger.release_escrow(
+                job.id,
+                excess,
+                idempotency_key=f"job:{job.id}:assign:{job.reassignments}:release",
+                session=session,
             )
-            if isinstance(decision, Assign):
-                for offer in rank(constraints, offers):
-                    fresh = await db.lock_free_provider(session, offer.id)
-                    if fresh is not None and constraints.accepts(fresh):
-                        taken = fresh
-                        break
-                if taken is None:  # every candidate was taken meanwhile: try again next sweep
-                    return Wait(db.utc(job.created_at) + self.assign_timeout), job, None
-                check_transition(job.status, JobStatus.ASSIGNED)
-                job.status = JobStatus.ASSIGNED
-                job.provider_id = taken.id
-                job.price_per_hour = taken.price_per_hour
-                job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
-                job.assigned_at = now
-                taken.is_available = False
-                taken.current_job_id = job.id
-                taken.last_assigned_at = now
-                excess = excess_at_assignment(held, taken.price_per_hour, job.compute_seconds)
-                step = job.reassignments
-        if isinstance(decision, Fail):
+            released = 0 if receipt.replayed else excess
+        return _Assignment(Assign(taken), taken, released)
+
+    async def _assigned(self, job: Job, assignment: _Assignment) -> None:
+        """After the assignment's commit: dispatch the job and tell everyone (or fail it)."""
+        if isinstance(assignment.decision, Fail):
             await self._fail_unassignable(job)
-            return decision, None, None
-        if taken is None:
-            return decision, job, None
-        self._run_hooks(self.on_assigned, job, taken)
-        self._publish_job(EventType.JOB_ASSIGNED, job, taken.worker_id)
-        self._publish_offer(taken)
-        if not excess:
-            return Assign(taken), job, None
-
-        async def release() -> None:
-            try:
-                await self._ledger.release_escrow(
-                    job_id, excess, idempotency_key=f"job:{job_id}:assign:{step}:release"
-                )
-            except InvalidState:
-                pass  # settled meanwhile (cancelled): the settlement gave the escrow back whole
-            else:
-                await self._balance_changed(job.user_id, excess, "escrow_release", job_id)
-
-        return Assign(taken), job, release
+        elif assignment.taken is not None:
+            self._run_hooks(self.on_assigned, job, assignment.taken)
+            self._publish_job(EventType.JOB_ASSIGNED, job, assignment.taken.worker_id)
+            self._publish_offer(assignment.taken)
 
     async def provider_lost(self, job_id: str, *, reason: str = "provider_lost") -> Decision | None:
         """The job's provider went away (worker lost, hardware fault) before it finished.

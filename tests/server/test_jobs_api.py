@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pytest_jupyter.jupyter_server import jp_ws_fetch  # noqa: F401 (a fixture)
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from tornado.httpclient import HTTPResponse
 from tornado.websocket import WebSocketClientConnection
 
@@ -233,6 +234,42 @@ async def test_create_without_funds_is_402_and_locks_nothing(
     await market.audit_ok()
     listed = body_of(await api("GET", "jobs", token=market.alice["token"]))
     assert listed["total"] == 0
+
+
+class _Deadlock(Exception):
+    sqlstate = "40P01"
+
+
+async def test_a_create_that_meets_a_deadlock_runs_again_and_locks_once(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+):
+    """The job's insert, escrow and assignment are one transaction: a transient failure after
+    the escrow was locked rolls all of it back, and the next try does it once."""
+    from qubix_jupyter.server_extension import jobs as service
+
+    held = service.db.escrow_held
+    tries = []
+
+    async def deadlocked_once(session: Any, job_id: str, **options: Any) -> int:
+        tries.append(job_id)
+        if len(tries) == 1:
+            raise DBAPIError("SELECT …", {}, _Deadlock())
+        return await held(session, job_id, **options)
+
+    monkeypatch.setattr(service.db, "escrow_held", deadlocked_once)
+    r = await market.create(computeNeeded=1, maxPrice=100)
+    assert r.code == 200, r.body
+    assert len(tries) == 2
+    job = body_of(r)["job"]
+    assert job["status"] == "ASSIGNED"
+    # Locked at the max price once, then given back down to the provider's 40 QU/h.
+    assert await market.balance(market.alice_id) == 1000 - 40
+    async with market.services.sessionmaker() as session:
+        kinds = (
+            await session.scalars(select(Transaction.type).where(Transaction.job_id == job["id"]))
+        ).all()
+    assert sorted(k.value for k in kinds) == ["ESCROW_LOCK", "ESCROW_RELEASE"]
+    await market.audit_ok()
 
 
 async def test_create_refuses_bad_input(market: Market):
