@@ -186,7 +186,7 @@ ROUTES: tuple[Route, ...] = (
         m.ResultResponse,
         query=m.ResultQuery,
         tag="jobs",
-        errors=(403, 404, 409),
+        errors=(403, 404, 409, 422),
     ),
     Route(
         "POST",
