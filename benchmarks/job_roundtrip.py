@@ -18,7 +18,7 @@ two CPU providers through :class:`ProviderLauncher` (``qubix provide``), and mea
 
 Prints one JSON line.
 
-    python benchmarks/job_roundtrip.py [--jobs 50] [--job-seconds 2] [--worker-ttl 5]
+    python benchmarks/job_roundtrip.py [--jobs 50] [--job-seconds 2] [--worker-ttl 5] [--gap 0.3]
 """
 
 from __future__ import annotations
@@ -83,6 +83,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def adds(figures: dict[str, Any]) -> dict[str, float]:
+    """What the market's round trip took over the raw runner task, at p50 and p99."""
+    return {
+        q: round(figures["roundtrip"][q] - figures["raw_execute"][q], 2)
+        for q in ("p50_ms", "p99_ms")
+    }
+
+
 def wait_for(what: str, check: Any, timeout: float = 120, interval: float = 0.01) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,47 +122,66 @@ def signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def raw_baseline(payload: Any, jobs: int, tmp: Path) -> tuple[list[float], list[float]]:
-    """``client.submit`` of the runner task (its child process) and of a bare no-op."""
-    port = free_port()
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False", "PYTHONWARNINGS": "ignore"}
-    log = (tmp / "raw.log").open("ab")
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", str(port), "--no-dashboard"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
-             "--nthreads", "1", "--no-dashboard"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        ),
-    ]  # fmt: skip
-    try:
-        with Client(f"tcp://127.0.0.1:{port}", timeout=60) as client:
-            client.wait_for_workers(1, timeout=60)
-            limits = JobLimits(time_budget_s=60.0)
-            raw_execute, raw_submit = [], []
-            for i in range(jobs + 1):  # the first of each warms up
-                start = time.monotonic()
-                client.submit(execute, f"raw-{i}", "python", payload, limits, pure=False).result()
-                if i:
-                    raw_execute.append(time.monotonic() - start)
-                start = time.monotonic()
-                client.submit(noop, pure=False).result()
-                if i:
-                    raw_submit.append(time.monotonic() - start)
-    finally:
-        for process in reversed(processes):
+class RawDask:
+    """A plain scheduler and one worker (started as the launcher starts one), and a client.
+
+    The market's scheduler admits no client but the market's own (its guard), so the baseline
+    cannot share its scheduler; it runs on the same machine, its calls interleaved with the
+    market's round trips so that both see the machine as it is at that moment.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        port = free_port()
+        env = {
+            **os.environ,
+            "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+            "PYTHONWARNINGS": "ignore",
+        }
+        self._log = (tmp / "raw.log").open("ab")
+        self._processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                 "--port", str(port), "--no-dashboard"],
+                env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "distributed.cli.dask_worker", f"tcp://127.0.0.1:{port}",
+                 "--nthreads", "1", "--no-dashboard"],
+                env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            ),
+        ]  # fmt: skip
+        self.client = Client(f"tcp://127.0.0.1:{port}", timeout=60)
+        self.client.wait_for_workers(1, timeout=60)
+        self._limits = JobLimits(time_budget_s=60.0)
+        self._count = 0
+
+    def execute(self, payload: Any) -> float:
+        """Seconds for ``client.submit`` of the runner task (its child process) → its result."""
+        self._count += 1
+        start = time.monotonic()
+        self.client.submit(
+            execute, f"raw-{self._count}", "python", payload, self._limits, pure=False
+        ).result()
+        return time.monotonic() - start
+
+    def submit(self) -> float:
+        """Seconds for ``client.submit`` of a bare no-op → its result."""
+        start = time.monotonic()
+        self.client.submit(noop, pure=False).result()
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        if self._log.closed:
+            return
+        self.client.close()
+        for process in reversed(self._processes):
             process.terminate()
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        log.close()
-    return raw_execute, raw_submit
+        self._log.close()
 
 
 class Bench:
@@ -207,6 +234,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50, help="round trips of each kind")
     parser.add_argument("--job-seconds", type=float, default=2.0, help="the failover job's run")
     parser.add_argument("--worker-ttl", type=float, default=5.0, help="scheduler worker TTL")
+    parser.add_argument(
+        "--gap", type=float, default=0.3, help="seconds of quiet before each timed call"
+    )
     args = parser.parse_args()
 
     scheduler_port = free_port()
@@ -230,41 +260,60 @@ def main() -> None:
             figures["provide_s"] = [round(provide_a, 3), round(provide_b, 3)]
             cheap_id = cheap.devices[0].worker_id
 
-            # ---- the market's round trip and its assignment times
+            # ---- the market's round trip and its assignment times, against the same no-op
+            # straight on Dask (the runner's child process, and a bare submit); twice:
+            # back to back (each side's jobs in a row), and idle (interleaved, a quiet gap
+            # before each call, so each finds its worker idle and its next child booted)
             payload = encode_python_job(noop, (), {})
-            bench.until(bench.job(payload), "COMPLETED")  # warm-up
-            roundtrip, assigned, started, ran, seen = [], [], [], [], []
-            for _ in range(args.jobs):
+            raw_payload = payloads.python_call_bytes(payload)
+            raw = RawDask(Path(tmp))
+            bench.until(bench.job(payload), "COMPLETED")  # warm-up, of both
+            raw.execute(raw_payload)
+            raw.submit()
+            times = {"assigned": [], "started": [], "ran": [], "api": []}
+
+            def market_roundtrip() -> float:
                 start = time.monotonic()
                 job_id = bench.job(payload)
                 answer = bench.consumer.job_result(job_id, wait=60)
-                roundtrip.append(time.monotonic() - start)
+                seconds = time.monotonic() - start
                 assert answer.status == "COMPLETED", answer
                 job = bench.consumer.job(job_id)  # its times, after the clock stopped
-                assigned.append((job.assigned_at - job.created_at).total_seconds())
-                started.append((job.started_at - job.created_at).total_seconds())
-                ran.append((job.completed_at - job.started_at).total_seconds())
-                seen.append(roundtrip[-1] - (job.completed_at - job.created_at).total_seconds())
-            figures["roundtrip"] = percentiles(roundtrip)
-            # Where the round trip goes, on the market's clock: started → completed is the run
-            # on the worker (the child process and the answer settled), the rest the API's.
-            figures["started_to_completed"] = percentiles(ran)
-            figures["api"] = percentiles(seen)
-            figures["assign"] = {
-                "created_to_assigned": percentiles(assigned),
-                "created_to_started": percentiles(started),
-            }
+                times["assigned"].append((job.assigned_at - job.created_at).total_seconds())
+                times["started"].append((job.started_at - job.created_at).total_seconds())
+                times["ran"].append((job.completed_at - job.started_at).total_seconds())
+                times["api"].append(seconds - (job.completed_at - job.created_at).total_seconds())
+                return seconds
 
-            # ---- the same no-op straight on Dask: the market's scheduler admits no client but
-            # its own, so a plain scheduler and a worker started as the launcher starts one
-            raw_execute, raw_submit = raw_baseline(
-                payloads.python_call_bytes(payload), args.jobs, Path(tmp)
-            )
+            roundtrip = [market_roundtrip() for _ in range(args.jobs)]
+            raw_execute = [raw.execute(raw_payload) for _ in range(args.jobs)]
+            raw_submit = [raw.submit() for _ in range(args.jobs)]
+            idle: dict[str, list[float]] = {"roundtrip": [], "raw_execute": [], "raw_submit": []}
+            for _ in range(args.jobs):
+                for name, call in (
+                    ("raw_execute", lambda: raw.execute(raw_payload)),
+                    ("raw_submit", raw.submit),
+                    ("roundtrip", market_roundtrip),
+                ):
+                    time.sleep(args.gap)
+                    idle[name].append(call())
+            raw.close()  # before the failovers: those time the market alone
+
+            figures["roundtrip"] = percentiles(roundtrip)
             figures["raw_execute"] = percentiles(raw_execute)
             figures["raw_submit"] = percentiles(raw_submit)
-            figures["market_adds_ms"] = {
-                q: round(figures["roundtrip"][q] - figures["raw_execute"][q], 2)
-                for q in ("p50_ms", "p99_ms")
+            figures["market_adds_ms"] = adds(figures)
+            figures["idle"] = {name: percentiles(samples) for name, samples in idle.items()}
+            figures["idle"]["gap_s"] = args.gap
+            figures["idle"]["market_adds_ms"] = adds(figures["idle"])
+            # Where the market's round trips (both phases) go, on its own clock: started →
+            # completed is the run on the worker (the child process and the answer settled),
+            # created → started the dispatch, the rest the API's (the two HTTP calls).
+            figures["started_to_completed"] = percentiles(times["ran"])
+            figures["api"] = percentiles(times["api"])
+            figures["assign"] = {
+                "created_to_assigned": percentiles(times["assigned"]),
+                "created_to_started": percentiles(times["started"]),
             }
 
             # ---- failover: SIGSTOP, then SIGKILL, of the worker running the job
@@ -296,6 +345,8 @@ def main() -> None:
                 "provide_s": 5,
             }
         finally:
+            if locals().get("raw") is not None:
+                raw.close()
             for launcher in (locals().get("cheap"), locals().get("other")):
                 if launcher is not None:
                     launcher.stop(timeout_s=10)

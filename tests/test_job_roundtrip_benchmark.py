@@ -21,10 +21,14 @@ def test_the_job_roundtrip_benchmark_prints_one_json_line_of_figures() -> None:
     [line] = run.stdout.splitlines()
     result = json.loads(line)
     assert result["jobs"] == 2
-    for phase in ("roundtrip", "raw_execute", "raw_submit", "started_to_completed"):
+    for phase in ("roundtrip", "raw_execute", "raw_submit"):
         assert result[phase]["n"] == 2
         assert {"p50_ms", "p99_ms", "max_ms"} <= set(result[phase])
-    assert result["assign"]["created_to_assigned"]["n"] == 2
+    assert result["started_to_completed"]["n"] == 4  # the market's jobs of both phases
+    for phase in ("roundtrip", "raw_execute", "raw_submit"):
+        assert result["idle"][phase]["n"] == 2
+    assert set(result["idle"]["market_adds_ms"]) == {"p50_ms", "p99_ms"}
+    assert result["assign"]["created_to_assigned"]["n"] == 4  # both phases' market jobs
     # Both failovers end with the job done, on the provider that was not stopped.
     for failover in ("sigstop", "sigkill"):
         assert result[failover]["status"] == "COMPLETED"
