@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .auth_models import ApiToken, LoginChallenge, ProvisionToken, WorkerToken
 from .chunks import chunks
+from .engine import autocommit_sessions
 from .models import Provider, User
 from .repositories import create_user
 
@@ -127,6 +128,8 @@ _WORKER_OWNERS = (
 class AuthStore:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
+        #: The token lookups of every request: reads only, without a transaction around them.
+        self._reads = autocommit_sessions(sessionmaker)
 
     async def add_challenge(
         self, challenge: str, qubic_address: str, *, now: dt.datetime, expires_at: dt.datetime
@@ -225,7 +228,7 @@ class AuthStore:
         """The user of each live (unrevoked, unexpired) token among these; others are absent."""
         found: dict[str, TokenOwner] = {}
         hashes = sorted(token_hashes)
-        async with self._sessionmaker() as session:
+        async with self._reads() as session:
             for chunk in chunks(hashes):
                 rows = await session.execute(_TOKEN_OWNERS, {"hashes": list(chunk), "now": now})
                 for token_hash, user, token_id, expires_at in rows:
@@ -245,7 +248,7 @@ class AuthStore:
         """The provider of each live (unrevoked) worker token among these; others are absent."""
         found: dict[str, WorkerOwner] = {}
         hashes = sorted(token_hashes)
-        async with self._sessionmaker() as session:
+        async with self._reads() as session:
             for chunk in chunks(hashes):
                 rows = await session.execute(_WORKER_OWNERS, {"hashes": list(chunk)})
                 for token_hash, *owner in rows:

@@ -111,3 +111,23 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def autocommit_sessions(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions on autocommit connections (PostgreSQL): for reads that lock nothing and for
+    single-statement writes.
+
+    Each statement then commits on its own, as a one-statement transaction would (and a read
+    sees its own snapshot, as each statement of a READ COMMITTED transaction does), without the
+    BEGIN and the COMMIT or ROLLBACK around it: two round trips fewer. ``session.begin()`` is
+    still what the code says, so on other databases (``sessionmaker`` itself, returned as it
+    is) the same code runs in a transaction.
+    """
+    engine = sessionmaker.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        return sessionmaker
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..market.errors import IdempotencyConflict, QubixError
 from .auth_models import IdempotentRequest
+from .engine import autocommit_sessions
 
 #: How often a claim also deletes the answers older than the retention.
 SWEEP_EVERY = dt.timedelta(minutes=1)
@@ -47,6 +48,8 @@ class IdempotencyStore:
         retention: dt.timedelta = dt.timedelta(days=1),
     ) -> None:
         self._sessionmaker = sessionmaker
+        #: The claim and the stored answer are single statements: each commits on its own.
+        self._single = autocommit_sessions(sessionmaker)
         self.stale_after = stale_after
         self.retention = retention
         #: When expired answers were last swept (at most once per ``SWEEP_EVERY``).
@@ -61,7 +64,7 @@ class IdempotencyStore:
         :class:`RequestInProgress` (the first one with this key has not finished yet).
         """
         try:
-            async with self._sessionmaker() as session, session.begin():
+            async with self._single() as session, session.begin():
                 # Sweeping here keeps the table as large as a day's money-moving requests; once
                 # a minute is enough for that, and keeps the statement off most requests' path.
                 if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
@@ -109,7 +112,7 @@ class IdempotencyStore:
     async def complete(
         self, scope: str, key: str, status: int, body: Any, *, now: dt.datetime
     ) -> None:
-        async with self._sessionmaker() as session, session.begin():
+        async with self._single() as session, session.begin():
             await session.execute(
                 update(IdempotentRequest)
                 .where(IdempotentRequest.scope == scope, IdempotentRequest.key == key)

@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
+from ..db.engine import autocommit_sessions
 from ..db.ledger import Ledger, Receipt, Within
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
@@ -113,6 +114,8 @@ class JobService:
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._sessionmaker = sessionmaker
+        #: Plain reads (no locks): without a transaction around them.
+        self._reads = autocommit_sessions(sessionmaker)
         self._ledger = ledger
         self._events = events
         self.assign_timeout = dt.timedelta(seconds=assign_timeout_seconds)
@@ -135,7 +138,7 @@ class JobService:
 
     async def get(self, job_id: str) -> tuple[Job, Provider | None]:
         """The job and its provider (None while unassigned)."""
-        async with self._sessionmaker() as session:
+        async with self._reads() as session:
             job = await db.get_job(session, job_id)
             provider = None
             if job.provider_id is not None:
@@ -534,7 +537,7 @@ class JobService:
         key = f"{request_key}:charge"
         encoded = None if result is None else json.dumps(result, separators=(",", ":"))
         too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
-        async with self._sessionmaker() as session:
+        async with self._reads() as session:
             job = await db.get_job(session, job_id)
             if step is not None and not (
                 job.status in _OPEN
