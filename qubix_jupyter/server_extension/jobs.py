@@ -11,10 +11,12 @@ Who calls what:
   the worker's :meth:`progress` and :meth:`complete`;
 * the background assigner (:meth:`start` … :meth:`stop`, run by the extension): :meth:`sweep`
   retries every PENDING job and fails those nobody could take within ``assign_timeout``;
-* the Dask dispatcher: registers ``on_assigned`` hooks (called with the job row once a job is
-  ASSIGNED and committed: submit it pinned to ``job.provider_id``'s worker) and ``on_finished``
-  hooks (called once a job is terminal: stop its task if it still runs), and reports through
-  :meth:`progress` / :meth:`complete` like a polling worker does.
+* the Dask dispatcher: registers ``on_assigned`` hooks (called with the job row and its
+  provider once a job is ASSIGNED and committed: submit it pinned to that provider's worker) and
+  ``on_finished`` hooks (called once a job is terminal: stop its task if it still runs), and
+  reports through :meth:`progress` / :meth:`complete` like a polling worker does;
+* the result endpoint: :meth:`finished` holds a request until the job ends (woken by the
+  settlement, which stores the result in the transaction that ends the job).
 
 Assignments are made one at a time in this process (an asyncio lock), and each takes the
 provider's row lock, so two jobs never take one provider and a job is never assigned and timed
