@@ -70,6 +70,29 @@ CREATE_ATTEMPTS = 20
 SWEEP_BATCH = 500
 
 
+async def _take_free(
+    session: AsyncSession, constraints: JobConstraints, offers: list[Provider]
+) -> Provider | None:
+    """The best of ``offers`` that is still free and matching, its row locked; else None."""
+    for offer in rank(constraints, offers):
+        fresh = await db.lock_free_provider(session, offer.id)
+        if fresh is not None and constraints.accepts(fresh):
+            return fresh
+    return None
+
+
+def _give(job: Job, provider: Provider, now: dt.datetime) -> None:
+    """The job is the provider's now, at its price (the escrow it needs at that price)."""
+    job.status = JobStatus.ASSIGNED
+    job.provider_id = provider.id
+    job.price_per_hour = provider.price_per_hour
+    job.estimated_cost = escrow_at_price(provider.price_per_hour, job.compute_seconds)
+    job.assigned_at = now
+    provider.is_available = False
+    provider.current_job_id = job.id
+    provider.last_assigned_at = now
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Assignment:
     """What one assignment decided: the provider taken (if any) and the QU given back."""
@@ -306,23 +329,11 @@ class JobService:
         )
         if not isinstance(decision, Assign):
             return _Assignment(decision)
-        taken: Provider | None = None
-        for offer in rank(constraints, offers):
-            fresh = await db.lock_free_provider(session, offer.id)
-            if fresh is not None and constraints.accepts(fresh):
-                taken = fresh
-                break
+        taken = await _take_free(session, constraints, offers)
         if taken is None:  # every candidate was taken meanwhile: try again next sweep
             return _Assignment(Wait(db.utc(job.created_at) + self.assign_timeout))
         check_transition(job.status, JobStatus.ASSIGNED)
-        job.status = JobStatus.ASSIGNED
-        job.provider_id = taken.id
-        job.price_per_hour = taken.price_per_hour
-        job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
-        job.assigned_at = now
-        taken.is_available = False
-        taken.current_job_id = job.id
-        taken.last_assigned_at = now
+        _give(job, taken, now)
         excess = excess_at_assignment(held, taken.price_per_hour, job.compute_seconds)
         released = 0
         if excess:
@@ -365,24 +376,13 @@ class JobService:
                 constraints = JobConstraints.from_json(job.constraints, max_price=job.max_price)
                 if job.reassignments < self.max_reassignments:
                     offers = [o for o in await db.candidates(session, constraints) if o.id != lost]
-                    for offer in rank(constraints, offers):
-                        fresh = await db.lock_free_provider(session, offer.id)
-                        if fresh is not None and constraints.accepts(fresh):
-                            taken = fresh
-                            break
+                    taken = await _take_free(session, constraints, offers)
                 if taken is not None:
                     check_transition(job.status, JobStatus.ASSIGNED)
                     await db.free_provider(session, job_id)
-                    job.status = JobStatus.ASSIGNED
-                    job.provider_id = taken.id
-                    job.price_per_hour = taken.price_per_hour
-                    job.estimated_cost = escrow_at_price(taken.price_per_hour, job.compute_seconds)
-                    job.assigned_at = now
+                    _give(job, taken, now)
                     job.started_at = None
                     job.reassignments += 1
-                    taken.is_available = False
-                    taken.current_job_id = job.id
-                    taken.last_assigned_at = now
                     step = job.reassignments
             if taken is None:
                 await self._fail(job, reason, key=f"job:{job_id}:lost:{job.reassignments}")
@@ -563,20 +563,8 @@ class JobService:
                 check_transition(JobStatus.RUNNING, target)
             else:
                 check_transition(job.status, target)
-            since = job.started_at or job.assigned_at
-            assert since is not None  # an ASSIGNED or RUNNING job has been assigned
-            seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
-            receipt, job = await self._end(
-                job_id,
-                lambda within: self._ledger.charge(
-                    job_id,
-                    seconds=seconds,
-                    idempotency_key=key,
-                    final_status=target,
-                    error=error,
-                    within=within,
-                ),
-                result=None if too_large else result,
+            receipt, job = await self._charge(
+                job, key=key, status=target, error=error, result=None if too_large else result
             )
         if too_large:  # and a retry of it is told the same
             raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
@@ -608,20 +596,35 @@ class JobService:
                     ),
                 )
             else:
-                since = job.started_at or job.assigned_at
-                assert since is not None
-                seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
-                receipt, ended = await self._end(
-                    job_id,
-                    lambda within: self._ledger.charge(
-                        job_id,
-                        seconds=seconds,
-                        idempotency_key=key,
-                        final_status=JobStatus.CANCELLED,
-                        within=within,
-                    ),
-                )
+                receipt, ended = await self._charge(job, key=key, status=JobStatus.CANCELLED)
         return ended, Payment.of(receipt)
+
+    async def _charge(
+        self,
+        job: Job,
+        *,
+        key: str,
+        status: JobStatus,
+        error: str | None = None,
+        result: Any = None,
+    ) -> tuple[Receipt, Job]:
+        """End an ASSIGNED or RUNNING job as ``status``, charged the seconds the market measured
+        since it started (or was assigned), capped by its budget."""
+        since = job.started_at or job.assigned_at
+        assert since is not None  # an ASSIGNED or RUNNING job has been assigned
+        seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
+        return await self._end(
+            job.id,
+            lambda within: self._ledger.charge(
+                job.id,
+                seconds=seconds,
+                idempotency_key=key,
+                final_status=status,
+                error=error,
+                within=within,
+            ),
+            result=result,
+        )
 
     # ------------------------------------------------------------------ after settlement
 
