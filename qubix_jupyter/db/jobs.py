@@ -16,20 +16,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..market.errors import UnknownJob
 from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
-from ..market.states import AccountKind, JobStatus, escrow_account_id
+from ..market.states import OPEN_JOB_STATES, AccountKind, JobStatus, escrow_account_id
 from .ledger import Receipt
 from .models import Account, IdempotencyKey, Job, Provider
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
 CANDIDATES = 200
-#: A provider with a job in one of these states is busy, whatever its flags say: the jobs table
-#: is the market's own record, the flags (which a provider may also change by hand) only mirror
-#: it.
-_ACTIVE = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 
 
 def _has_active_job() -> Any:
-    return select(Job.id).where(Job.provider_id == Provider.id, Job.status.in_(_ACTIVE)).exists()
+    # A provider with an open job (OPEN_JOB_STATES) is busy, whatever its flags say: the jobs
+    # table is the market's own record, the flags (which a provider may also change by hand)
+    # only mirror it.
+    return (
+        select(Job.id)
+        .where(Job.provider_id == Provider.id, Job.status.in_(OPEN_JOB_STATES))
+        .exists()
+    )
 
 
 async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
@@ -114,7 +117,7 @@ async def lock_free_provider(session: AsyncSession, provider_id: str) -> Provide
     busy = await session.scalar(
         select(func.count())
         .select_from(Job)
-        .where(Job.provider_id == provider_id, Job.status.in_(_ACTIVE))
+        .where(Job.provider_id == provider_id, Job.status.in_(OPEN_JOB_STATES))
     )
     return None if busy else provider
 

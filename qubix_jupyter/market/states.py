@@ -17,6 +17,8 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL_JOB_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+#: A job on a provider: assigned to it or running there (its escrow may still pay that provider).
+OPEN_JOB_STATES = frozenset({JobStatus.ASSIGNED, JobStatus.RUNNING})
 
 #: from → allowed next states. ASSIGNED/RUNNING → ASSIGNED is a reassignment after provider loss.
 JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {

@@ -54,16 +54,15 @@ from ..market import payloads
 from ..market.errors import QubixError, UnknownJob
 from ..market.jobs import ResultTooLarge
 from ..market.liveness import ProviderStatus
-from ..market.states import JobStatus
+from ..market.states import OPEN_JOB_STATES
 from .auth import AuthService
-from .jobs import JobService
+from .jobs import JobService, on_run
 from .liveness import HeartbeatBuffer, Usage
 from .scheduler_directory import SchedulerDirectory
 from .scheduler_endpoints import worker_validator
 
 log = logging.getLogger(__name__)
 
-_OPEN = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 #: The JSON wrapper around a pickled result ({"kind":"pickle","payload":"…"}) and base64's 4/3.
 _WRAPPER_BYTES = 64
 _TASK_PREFIX = "qubix-job-"
@@ -223,7 +222,9 @@ class ExecutionService:
         so each is reassigned as if its provider were lost (or failed, refunded whole)."""
         async with self._sessionmaker() as session:
             rows = (
-                await session.execute(select(Job.id, Job.provider_id).where(Job.status.in_(_OPEN)))
+                await session.execute(
+                    select(Job.id, Job.provider_id).where(Job.status.in_(OPEN_JOB_STATES))
+                )
             ).all()
         for job_id, provider_id in rows:
             await self._provider_lost(job_id, provider_id, reason="market_restarted")
@@ -305,7 +306,7 @@ class ExecutionService:
             address = self.workers.get(name)
             async with self._sessionmaker() as session:
                 job = await session.get(Job, run.job_id)
-            if address is None or job is None or not self._current(job, run):
+            if address is None or job is None or not on_run(job, run.provider_id, run.step):
                 continue
             await self._dispatch(run, job, address, gpu=provider.gpu_count > 0)
 
@@ -352,7 +353,7 @@ class ExecutionService:
                     await session.execute(
                         select(Job.id, Job.provider_id)
                         .join(Provider, Job.provider_id == Provider.id)
-                        .where(Provider.worker_id == name, Job.status.in_(_OPEN))
+                        .where(Provider.worker_id == name, Job.status.in_(OPEN_JOB_STATES))
                     )
                 ).all()
             for job_id, provider_id in rows:
@@ -382,14 +383,6 @@ class ExecutionService:
 
     # ------------------------------------------------------------------ settling
 
-    @staticmethod
-    def _current(job: Job, run: Run) -> bool:
-        return (
-            job.status in _OPEN
-            and job.provider_id == run.provider_id
-            and job.reassignments == run.step
-        )
-
     async def _settle(self, run: Run, *, succeeded: bool, result: Any, error: str | None) -> None:
         async with run.order:  # after the progress it reported before it finished
             # ResultTooLarge: the job failed, charged its time, and its error says why. An
@@ -412,7 +405,7 @@ class ExecutionService:
         async with self._lost:
             async with self._sessionmaker() as session:
                 job = await session.get(Job, job_id)
-            if job is None or job.status not in _OPEN or job.provider_id != provider_id:
+            if job is None or job.status not in OPEN_JOB_STATES or job.provider_id != provider_id:
                 return
             self.runs.pop(job_id, None)
             await self._jobs.provider_lost(job_id, reason=reason)

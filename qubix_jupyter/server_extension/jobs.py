@@ -49,7 +49,12 @@ from ..market.events import MARKETPLACE, EventType, job_channel
 from ..market.jobs import ResultTooLarge, charged_seconds, excess_at_assignment, next_progress
 from ..market.jobs import assigned_escrow as escrow_at_price
 from ..market.matching import Assign, Decision, Fail, JobConstraints, Wait, decide_assignment, rank
-from ..market.states import TERMINAL_JOB_STATES, JobStatus, check_transition
+from ..market.states import (
+    OPEN_JOB_STATES,
+    TERMINAL_JOB_STATES,
+    JobStatus,
+    check_transition,
+)
 from . import jobs_models as m
 from .errors import Forbidden
 from .events import EventHub
@@ -62,12 +67,19 @@ Hook = Callable[[Job], Awaitable[None] | None]
 AssignedHook = Callable[[Job, Provider], Awaitable[None] | None]
 #: Job ids are derived from the request key, so a retried create finds the job it made.
 _JOB_IDS = uuid.UUID("7a0c9d7e-5d2b-4c53-9a51-2f6f0c1b4e11")
-#: A job on a provider: assigned to it, or running there.
-_OPEN = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 #: Tries of a create's transaction that failed for a transient reason (deadlock, …).
 CREATE_ATTEMPTS = 20
 #: PENDING jobs looked at per sweep.
 SWEEP_BATCH = 500
+
+
+def on_run(job: Job, provider_id: str, step: int) -> bool:
+    """Whether the job is still open on that provider, on that run (its ``reassignments``)."""
+    return (
+        job.status in OPEN_JOB_STATES
+        and job.provider_id == provider_id
+        and job.reassignments == step
+    )
 
 
 async def _take_free(
@@ -369,7 +381,7 @@ class JobService:
             taken: Provider | None = None
             async with self._sessionmaker() as session, session.begin():
                 job = await db.get_job(session, job_id, lock=True)
-                if job.status not in (JobStatus.ASSIGNED, JobStatus.RUNNING):
+                if job.status not in OPEN_JOB_STATES:
                     return None
                 lost = job.provider_id
                 held = await db.escrow_held(session, job_id, lock=True)
@@ -541,11 +553,7 @@ class JobService:
         too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
         async with self._reads() as session:
             job = await db.get_job(session, job_id)
-            if step is not None and not (
-                job.status in _OPEN
-                and job.provider_id == worker.provider_id
-                and job.reassignments == step
-            ):
+            if step is not None and not on_run(job, worker.provider_id, step):
                 return None  # an answer of an earlier run: settled (or lost) already
             self._require_worker(job, worker, worker_id)
             receipt = None

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ..db.idempotency_store import IdempotencyStore
 from ..db.ledger import Ledger
 from ..db.models import Account, Job, Provider
-from ..market.states import AccountKind, JobStatus
+from ..market.states import OPEN_JOB_STATES, AccountKind
 from .auth import AuthService, RateLimiter
 from .events import EventHub
 from .metrics import MarketMetrics
@@ -26,9 +26,6 @@ if TYPE_CHECKING:  # liveness and jobs build on the endpoints, which import this
     from .liveness import HeartbeatBuffer
 
 Role = Literal["market", "agent", "both"]
-
-#: Jobs whose escrow may still be paid to their provider.
-_ACTIVE = (JobStatus.ASSIGNED, JobStatus.RUNNING)
 
 
 class WalletService:
@@ -50,7 +47,7 @@ class WalletService:
                     .where(
                         Account.kind == AccountKind.ESCROW,
                         Provider.user_id == user_id,
-                        Job.status.in_(_ACTIVE),
+                        Job.status.in_(OPEN_JOB_STATES),
                     )
                 )
             ).scalar_one()
