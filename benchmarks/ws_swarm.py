@@ -1,7 +1,7 @@
 """A process of WebSocket clients for the socket benchmarks (``ws_clients``, ``ws_reconnect``).
 
 :func:`swarm` runs in a child process (``multiprocessing`` spawn): ``clients`` asyncio clients
-(tornado ``websocket_connect``), each signed in with one of ``tokens`` (``Authorization:
+(a lean RFC 6455 client, :class:`_Wire`), each signed in with one of ``tokens`` (``Authorization:
 Bearer``), subscribed to ``marketplace``. A client that loses its connection reconnects (a
 short jittered retry) and resubscribes with ``sinceSeq`` = the ``seq`` of the last frame it
 received, as the events API asks. Per client it records the ``workerId`` of every
@@ -18,16 +18,21 @@ figures)`` and exits.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import os
 import random
+import struct
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
 from market_process import raise_open_files
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
 
 
 @dataclass
@@ -40,50 +45,164 @@ class Client:
     resyncs: int = 0
     errors: int = 0
     connects: int = 0
-    ws: WebSocketClientConnection | None = None
+    ws: _Wire | None = None
     #: set on every SUBSCRIBED and PROVIDER_REGISTERED: what the process's waits wait for
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class _Wire(asyncio.Protocol):
+    """One client connection on the wire: the RFC 6455 handshake, then frames, parsed in
+    ``data_received`` as they arrive.
+
+    A load generator that holds thousands of sockets on the same cores as the server must cost
+    little per frame, or its own backlog is what the latencies measure: tornado's client reads
+    each frame through several coroutine steps; this reads a whole ``recv`` of frames in one
+    callback. Server frames are unmasked (§5.1); the client's own frames (the subscribe, pongs,
+    the close) are masked. Pings are answered, so the server's liveness checks pass.
+    """
+
+    def __init__(self, request: bytes, accept: str, on_text: Any) -> None:
+        self._request = request
+        self._accept = accept
+        self._on_text = on_text
+        self._buffer = bytearray()
+        self._upgraded = False
+        self._fragments: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        #: resolved once the server answered 101 (an exception otherwise)
+        self.opened: asyncio.Future[None] = loop.create_future()
+        #: resolved when the connection is gone, whoever closed it
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(self._request)  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send_text(self, text: str) -> None:
+        self._send(0x1, text.encode())
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._send(0x8, struct.pack("!H", 1000))
+            self.transport.close()
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        size = len(payload)
+        if size < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+        elif size <= 0xFFFF:
+            head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(head + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        if not self._upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buffer[:end]).decode("latin-1").split("\r\n")
+            del buffer[: end + 4]
+            lines = (line.partition(":") for line in head[1:])
+            headers = {k.strip().lower(): v.strip() for k, _, v in lines}
+            status = head[0].split(" ", 2)
+            accepted = len(status) > 1 and status[1] == "101"
+            if not accepted or headers.get("sec-websocket-accept") != self._accept:
+                self.opened.set_exception(ConnectionError(f"handshake refused: {head[0]}"))
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self._upgraded = True
+            self.opened.set_result(None)
+        position = 0
+        size = len(buffer)
+        while size - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length = second & 0x7F
+            start = position + 2
+            if length == 126:
+                if size - position < 4:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, start)
+                start += 2
+            elif length == 127:
+                if size - position < 10:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, start)
+                start += 8
+            if second & 0x80:  # servers never mask (§5.1)
+                self.close()
+                return
+            if size - start < length:
+                break
+            payload = bytes(buffer[start : start + length])
+            position = start + length
+            opcode = first & 0x0F
+            if opcode in (0x1, 0x0):
+                if not first & 0x80:  # a fragment: keep it until the final one
+                    self._fragments.append(payload)
+                    continue
+                if self._fragments:
+                    payload = b"".join([*self._fragments, payload])
+                    self._fragments.clear()
+                self._on_text(payload)
+            elif opcode == 0x9:
+                self._send(0xA, payload)
+            elif opcode == 0x8:
+                self.close()
+                return
+        del buffer[:position]
+
+
+async def _connect(url: str, token: str, on_text: Any) -> _Wire:
+    """Open a WebSocket to ``url`` with ``Authorization: Bearer token``; raise if refused."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    key = base64.b64encode(os.urandom(16)).decode()
+    accept = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+    loop = asyncio.get_running_loop()
+    _, wire = await asyncio.wait_for(
+        loop.create_connection(lambda: _Wire(request, accept, on_text), host, port), 30
+    )
+    try:
+        await asyncio.wait_for(asyncio.shield(wire.opened), 30)
+    except BaseException:
+        wire.close()
+        raise
+    return wire
+
+
 async def _session(url: str, client: Client, gate: asyncio.Semaphore) -> bool:
     """One connection: connect, subscribe, read until it closes. False: could not connect."""
-    async with gate:
-        try:
-            ws = await websocket_connect(
-                HTTPRequest(
-                    url,
-                    headers={"Authorization": f"Bearer {client.token}"},
-                    connect_timeout=30,
-                    request_timeout=30,
-                ),
-                ping_interval=None,
-            )
-        except Exception:
-            return False
-        client.ws = ws
-        client.connects += 1
-        request: dict[str, Any] = {"type": "subscribe", "channel": "marketplace"}
-        if client.last_seq is not None:
-            request["sinceSeq"] = client.last_seq
-        try:
-            await ws.write_message(json.dumps(request))
-        except Exception:
-            return True
-    while True:
-        message = await ws.read_message()
-        if message is None:
-            client.ws = None
-            return True
+
+    def on_text(payload: bytes) -> None:
         now_ms = time.time() * 1000
-        frame = json.loads(message)
+        frame = json.loads(payload)
         kind = frame.get("type")
         if kind in ("error", "ERROR"):
             # the subscribe was refused (e.g. 503 while the server's database pool is
             # exhausted): as a real client, drop the connection and resume on a new one
             client.errors += 1
-            ws.close()
-            client.ws = None
-            return True
+            wire.close()
+            return
         client.last_seq = frame["seq"]
         if kind == "SUBSCRIBED":
             client.subscribed_at.append(time.monotonic())
@@ -94,6 +213,21 @@ async def _session(url: str, client: Client, gate: asyncio.Semaphore) -> bool:
             client.progress.set()
         elif kind == "RESYNC":
             client.resyncs += 1
+
+    async with gate:
+        try:
+            wire = await _connect(url, client.token, on_text)
+        except Exception:
+            return False
+        client.ws = wire
+        client.connects += 1
+        request: dict[str, Any] = {"type": "subscribe", "channel": "marketplace"}
+        if client.last_seq is not None:
+            request["sinceSeq"] = client.last_seq
+        wire.send_text(json.dumps(request))
+    await wire.closed
+    client.ws = None
+    return True
 
 
 async def _client(url: str, client: Client, gate: asyncio.Semaphore, stop: asyncio.Event) -> None:
