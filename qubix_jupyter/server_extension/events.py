@@ -131,7 +131,9 @@ log = logging.getLogger(__name__)
 
 #: ``await authorize(user_id, channel)`` → may this user subscribe to this private channel?
 Authorizer = Callable[[str, Channel], Awaitable[bool]]
-Send = Callable[[str], Awaitable[Any]]
+#: Writes one frame; returns None or a done future when the frame is taken, else an awaitable
+#: that resolves once it is written (the hub queues the next frames behind it).
+Send = Callable[[str], Awaitable[Any] | None]
 #: (channel name, user id for ``wallet`` else None): where a frame goes.
 _Key = tuple[str, str | None]
 
@@ -422,6 +424,8 @@ class Subscription:
                 # Not now: the hub is iterating over the channel's subscribers.
                 loop.call_soon(self._end, SEND_FAILED)
                 return True
+            if written is None:  # taken: nothing to wait for
+                return True
             if asyncio.isfuture(written) and written.done():
                 if written.cancelled() or written.exception() is not None:
                     loop.call_soon(self._end, SEND_FAILED)
@@ -485,7 +489,9 @@ class Subscription:
             if written is not None:
                 await written
             while self._queue and self.close_reason is None:
-                await send(self._queue.popleft()[1])
+                written = send(self._queue.popleft()[1])
+                if written is not None:
+                    await written
         except asyncio.CancelledError:
             raise
         except Exception:

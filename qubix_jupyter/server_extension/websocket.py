@@ -41,7 +41,9 @@ import asyncio
 import datetime as dt
 import functools
 import json
+import logging
 import struct
+import weakref
 from collections.abc import Awaitable
 from typing import Any
 
@@ -50,13 +52,21 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..db.models import Job, Provider
 from ..market.errors import QubixError
 from ..market.events import Channel, ChannelKind, parse_channel
 from .errors import Forbidden, InvalidJSON, ServiceUnavailable, Unauthorized, ValidationFailed
-from .events import CloseReason, EventHub, HeartbeatPolicy, Subscription, SubscriptionClosed
+from .events import (
+    SEND_FAILED,
+    CloseReason,
+    EventHub,
+    HeartbeatPolicy,
+    Subscription,
+    SubscriptionClosed,
+)
 from .handlers import SERVICES
 from .services import Services
 
@@ -66,6 +76,8 @@ EVENTS = "qubix_events"
 EVENTS_PATH = "events"
 
 MESSAGE_TYPES = ("subscribe", "unsubscribe")
+
+log = logging.getLogger(__name__)
 
 #: Close code (application range) when the connection's token expires or is revoked.
 TOKEN_ENDED = CloseReason(4401, "unauthorized")
@@ -130,6 +142,52 @@ def wire_frame(text: str) -> bytes:
     return head + payload
 
 
+class FrameBatch:
+    """The connections with frames held during one pass of the event loop, written at its end.
+
+    A registration publishes a PROVIDER_REGISTERED and a MARKETPLACE_UPDATE to every connection
+    back to back; written apart they are two system calls per connection, and on loopback (or
+    any busy server) each send costs far more than the Python around it. Held until the pass
+    ends, they are one ``send`` per connection. One batch per event loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handlers: list[EventsHandler] = []
+
+    @classmethod
+    def of_running_loop(cls) -> FrameBatch:
+        loop = asyncio.get_running_loop()
+        batch = _BATCHES.get(loop)
+        if batch is None:
+            batch = _BATCHES[loop] = cls(loop)
+        return batch
+
+    def add(self, handler: EventsHandler) -> None:
+        if not self._handlers:
+            self._loop.call_soon(self._write)
+        self._handlers.append(handler)
+
+    def _write(self) -> None:
+        handlers, self._handlers = self._handlers, []
+        for handler in handlers:
+            try:
+                handler._write_held()
+            except Exception:
+                log.exception("writing held event frames failed; closing that connection")
+                handler.close(SEND_FAILED.code, SEND_FAILED.reason)
+
+
+_BATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameBatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _written(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a stream closed before the write is not an error here
+
+
 class EventsHandler(WebSocketHandler):
     """One WebSocket client of the event hub.
 
@@ -145,6 +203,8 @@ class EventsHandler(WebSocketHandler):
     _token_id: str = ""
     _expires_at: dt.datetime | None = None
     _expiry: asyncio.TimerHandle | None = None
+    #: frames written this pass of the event loop, not yet sent (see :meth:`_send_frame`)
+    _held: list[bytes] | None = None
 
     def initialize(self, heartbeat: HeartbeatPolicy | None = None) -> None:  # type: ignore[override]
         self.heartbeat = heartbeat or HeartbeatPolicy()
@@ -232,17 +292,57 @@ class EventsHandler(WebSocketHandler):
             delay = max(0.0, (expires_at - dt.datetime.now(dt.UTC)).total_seconds())
             self._expiry = asyncio.get_running_loop().call_later(delay, self._token_ended)
 
-    def _send_frame(self, frame: str) -> Awaitable[None]:
+    def _send_frame(self, frame: str) -> Awaitable[None] | None:
         """Write one event frame: its wire bytes, framed once per broadcast (:func:`wire_frame`).
 
         ``write_message`` would frame the same text again for each connection and wrap each
         write in a task of its own. The connection never compresses (no compression options),
         so every connection's frame of a text is the same bytes.
+
+        A frame to a connection with nothing being written is held until the end of this pass
+        of the event loop (:class:`FrameBatch`) and goes out with the others written to it
+        meanwhile in one ``send``; None then: the hub need not wait. While an earlier write is
+        still in flight (the client reads slower than it is sent to) the frame goes behind it
+        and the hub waits for the returned future before the next one.
         """
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             raise WebSocketClosedError()
-        return connection.stream.write(wire_frame(frame))  # type: ignore[attr-defined,no-any-return]
+        data = wire_frame(frame)
+        held = self._held
+        if held is not None:
+            held.append(data)
+            return None
+        stream = connection.stream  # type: ignore[attr-defined]
+        if stream.writing():
+            return stream.write(data)  # type: ignore[no-any-return]
+        self._held = [data]
+        FrameBatch.of_running_loop().add(self)
+        return None
+
+    def _write_held(self) -> None:
+        """Send the frames held this pass (see :meth:`_send_frame`), in order, in one write."""
+        held, self._held = self._held, None
+        connection = self.ws_connection
+        if not held or connection is None or connection.is_closing():
+            return  # closing: on_close ends the subscription, the client resumes by seq
+        stream = connection.stream  # type: ignore[attr-defined]
+        data = held[0] if len(held) == 1 else b"".join(held)
+        if type(stream) is IOStream and not stream.writing():
+            # what IOStream.write would do first, without its buffer, future and callbacks
+            try:
+                sent = stream.socket.send(data)
+            except OSError:  # full (EAGAIN) or broken: IOStream retries, or sees and closes
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        try:
+            written = stream.write(data)
+        except StreamClosedError:
+            return  # closed meanwhile: on_close runs
+        # the rest goes when the socket has room; a close before then is on_close's to handle
+        written.add_done_callback(_written)
 
     def _token_ended(self) -> None:
         self.close(TOKEN_ENDED.code, "token_expired")

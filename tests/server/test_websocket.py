@@ -16,7 +16,7 @@ from qubix_jupyter.market.states import ProviderType
 from qubix_jupyter.server_extension.app import QubixExtension
 from qubix_jupyter.server_extension.events import EventHub, EventType, HeartbeatPolicy
 from qubix_jupyter.server_extension.handlers import SERVICES
-from qubix_jupyter.server_extension.websocket import EVENTS
+from qubix_jupyter.server_extension.websocket import EVENTS, EventsHandler
 
 from .conftest import SEED_ALICE, SEED_BOB, Api, body_of, login
 
@@ -135,6 +135,77 @@ async def test_marketplace_event_in_the_design_envelope(api: Api, ws_connect, hu
     assert frame["seq"] == seq > subscribed["seq"]
     assert isinstance(frame["ts"], int)
     assert frame["data"] == {"workerId": "w-1"}
+    ws.close()
+
+
+def _handler_of(hub: EventHub) -> EventsHandler:
+    [sub] = list(hub._connections)
+    return sub._send.__self__  # type: ignore[union-attr,no-any-return]
+
+
+async def test_frames_of_one_loop_pass_leave_in_one_write_in_order(
+    api: Api, ws_connect, hub: EventHub, monkeypatch: pytest.MonkeyPatch
+):
+    """A registration's frames (and any others published in the same pass of the event loop)
+    are held and written to each connection together, in publish order."""
+    writes: list[int] = []
+    write_held = EventsHandler._write_held
+
+    def spy(self: EventsHandler) -> None:
+        writes.append(len(self._held or ()))
+        write_held(self)
+
+    monkeypatch.setattr(EventsHandler, "_write_held", spy)
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)
+    await subscribe(ws, "marketplace")
+    writes.clear()
+    seqs = [
+        hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": f"w-{n}"})
+        for n in range(3)
+    ]
+    frames = [await recv(ws) for _ in seqs]
+    assert [f["seq"] for f in frames] == seqs
+    assert [f["data"]["workerId"] for f in frames] == ["w-0", "w-1", "w-2"]
+    assert writes == [3]  # one write for the three
+    ws.close()
+
+
+async def test_a_frame_behind_a_write_in_flight_goes_behind_it(
+    api: Api, ws_connect, hub: EventHub
+):
+    """While the connection's stream is still writing, a frame is not held: it is written
+    behind what is in flight (the hub waits for it), and the order holds."""
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)
+    await subscribe(ws, "marketplace")
+    stream = _handler_of(hub).ws_connection.stream  # type: ignore[union-attr]
+    stream.writing = lambda: True  # as if the socket were full
+    try:
+        first = hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": "a"})
+        second = hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": "b"})
+        assert _handler_of(hub)._held is None
+    finally:
+        del stream.writing
+    assert [(await recv(ws))["seq"] for _ in range(2)] == [first, second]
+    ws.close()
+
+
+async def test_a_frame_larger_than_the_socket_takes_is_sent_whole_then_the_next(
+    api: Api, ws_connect, hub: EventHub
+):
+    """A held write the socket takes only part of: the rest goes through the stream, and the
+    frames after it follow it whole and in order."""
+    token = (await login(api))["token"]
+    ws = await ws_connect(token)
+    await subscribe(ws, "marketplace")
+    big = "x" * (6 * 2**20)  # more than a loopback socket buffer takes at once
+    hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": "big", "blob": big})
+    await asyncio.sleep(0)  # the held write goes out, in part
+    after = hub.publish("marketplace", EventType.PROVIDER_REGISTERED, {"workerId": "after"})
+    frame = await recv(ws)
+    assert frame["data"]["blob"] == big
+    assert (await recv(ws))["seq"] == after
     ws.close()
 
 
