@@ -3,6 +3,7 @@ as a subprocess in tests/test_demo.py)."""
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qubix_jupyter.cli import main
+from qubix_jupyter.cli import GC_THRESHOLDS, main
 from qubix_jupyter.db import migrate
 from qubix_jupyter.settlement.identity import is_valid_identity
 
@@ -76,3 +77,41 @@ def test_usage_errors_print_usage_not_a_traceback():
     assert result.returncode == 2
     assert "usage:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_settles_the_heap_before_it_starts_serving():
+    """`qubix serve` freezes its start-up heap and collects rarely (``GC_THRESHOLDS``) by the
+    time the server starts; cycles made after that are still collected. Run in a child so this
+    process's collector is left as it is."""
+    script = """
+import gc, json, weakref
+from jupyter_server.serverapp import ServerApp
+from qubix_jupyter import cli
+
+class Stub:
+    connection_url = "http://127.0.0.1:1/"
+    def initialize(self, argv):
+        pass
+    def start(self):
+        class Node:
+            pass
+        a, b = Node(), Node()
+        a.b, b.a = b, a  # a cycle made while serving
+        alive = weakref.ref(a)
+        del a, b
+        gc.collect()
+        print(json.dumps({"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count(),
+                          "cycle_collected": alive() is None}))
+
+ServerApp.instance = classmethod(lambda cls, config=None: Stub())
+gc.set_threshold(700, 10, 10)
+raise SystemExit(cli.main(["serve", "--port", "1"]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert tuple(figures["threshold"]) == GC_THRESHOLDS != (700, 10, 10)
+    assert figures["frozen"] > 10_000  # the imports of a Jupyter server, at least
+    assert figures["cycle_collected"] is True
