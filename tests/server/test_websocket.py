@@ -171,9 +171,7 @@ async def test_frames_of_one_loop_pass_leave_in_one_write_in_order(
     ws.close()
 
 
-async def test_a_frame_behind_a_write_in_flight_goes_behind_it(
-    api: Api, ws_connect, hub: EventHub
-):
+async def test_a_frame_behind_a_write_in_flight_goes_behind_it(api: Api, ws_connect, hub: EventHub):
     """While the connection's stream is still writing, a frame is not held: it is written
     behind what is in flight (the hub waits for it), and the order holds."""
     token = (await login(api))["token"]
