@@ -6,18 +6,20 @@ is in ``market.jobs`` and ``market.matching``. Money never moves here: only the 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import UnknownJob
 from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
 from ..market.states import OPEN_JOB_STATES, AccountKind, JobStatus, escrow_account_id
-from .ledger import Receipt
+from .ledger import Receipt, request_hash
 from .models import Account, IdempotencyKey, Job, Provider
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
@@ -73,6 +75,87 @@ async def insert_job(
     session.add(Account(id=escrow_account_id(job_id), kind=AccountKind.ESCROW, job_id=job_id))
     await session.flush()
     return job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NativeCreate:
+    """What ``qubix_create_job`` did: whether the job was new or still PENDING (``fresh``; a
+    retried create of a job past PENDING is not), the QU it locked in escrow and gave back, and
+    the provider it was given to (None: it waits, or was not fresh)."""
+
+    fresh: bool
+    locked: int = 0
+    released: int = 0
+    provider_id: str | None = None
+
+
+_CREATE_JOB = text(
+    "SELECT qubix_create_job(:job, :user, :model_type, :seconds, :max_price, "
+    "CAST(:input AS json), CAST(:constraints AS json), :escrow, :lock_key, :lock_hash, "
+    "CAST(:models AS text[]), CAST(:min_vram AS double precision), :release_key, "
+    ":created, :now)"
+)
+
+
+async def create_job_native(
+    session: AsyncSession,
+    job_id: str,
+    user_id: str,
+    *,
+    model_type: str,
+    compute_seconds: int,
+    constraints: JobConstraints,
+    input_data: Any,
+    lock_key: str,
+    release_key: str,
+    created_at: dt.datetime,
+    now: dt.datetime,
+) -> NativeCreate:
+    """PostgreSQL: insert, escrow and assign a job in one call (migration 0007). The escrow
+    keys are the ledger's: ``lock_key`` for the lock, ``release_key`` for the excess."""
+    escrow = unassigned_escrow(constraints.max_price, compute_seconds)
+    models = sorted(constraints.folded_models) or None
+    data = (
+        await session.execute(
+            _CREATE_JOB,
+            {
+                "job": job_id,
+                "user": user_id,
+                "model_type": model_type,
+                "seconds": compute_seconds,
+                "max_price": constraints.max_price,
+                "input": json.dumps(input_data),
+                "constraints": json.dumps(constraints.to_json()),
+                "escrow": escrow,
+                "lock_key": lock_key,
+                "lock_hash": request_hash("lock_escrow", {"job_id": job_id, "amount": escrow}),
+                "models": models,
+                "min_vram": constraints.min_vram,
+                "release_key": release_key,
+                "created": created_at,
+                "now": now,
+            },
+        )
+    ).scalar_one()
+    if not data["fresh"]:
+        return NativeCreate(fresh=False)
+    return NativeCreate(True, int(data["locked"]), int(data["released"]), data["provider"])
+
+
+async def job_with_provider(session: AsyncSession, job_id: str) -> tuple[Job, Provider | None]:
+    """The job and its provider (None while unassigned), in one read."""
+    row = None
+    if "\x00" not in job_id:
+        row = (
+            await session.execute(
+                select(Job, Provider)
+                .outerjoin(Provider, Provider.id == Job.provider_id)
+                .where(Job.id == job_id)
+            )
+        ).first()
+    if row is None:
+        raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
+    return row[0], row[1]
 
 
 async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:

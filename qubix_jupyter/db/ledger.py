@@ -97,7 +97,8 @@ class Receipt:
         )
 
 
-def _request_hash(operation: str, params: dict[str, Any]) -> str:
+def request_hash(operation: str, params: dict[str, Any]) -> str:
+    """What an idempotency key is checked against: the operation and its parameters."""
     canonical = json.dumps({"operation": operation, **params}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -257,12 +258,12 @@ class Ledger:
             raise InvalidIdempotencyKey(
                 f"an idempotency key must be 1 to {MAX_KEY_LENGTH} characters", field="key"
             )
-        request_hash = _request_hash(operation, params)
+        hashed = request_hash(operation, params)
         if session is not None:
             # Inside the caller's transaction: no retry of its own (a transient failure rolls
             # that whole transaction back; the caller tries it again, see ``retryable``).
             try:
-                receipt = await self._attempt(session, operation, key, request_hash, work, native)
+                receipt = await self._attempt(session, operation, key, hashed, work, native)
             except DBAPIError as exc:
                 domain = _domain_error(exc.orig)
                 if domain is not None:
@@ -276,9 +277,9 @@ class Ledger:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
-                    return await self._call_raw(native, key, request_hash)
+                    return await self._call_raw(native, key, hashed)
                 async with self._sessionmaker() as own, own.begin():
-                    receipt = await self._attempt(own, operation, key, request_hash, work, native)
+                    receipt = await self._attempt(own, operation, key, hashed, work, native)
                     if within is not None and not receipt.replayed:
                         await within(own)
                 return receipt
@@ -334,6 +335,17 @@ class Ledger:
         if self._native is None:
             self._native = self._engine.dialect.name == "postgresql"
         return self._native
+
+    @property
+    def native(self) -> bool:
+        """Whether operations run as the PL/pgSQL functions of the migrations (PostgreSQL)."""
+        return self._is_native()
+
+    @staticmethod
+    def native_error(error: BaseException) -> QubixError | None:
+        """The typed error a PL/pgSQL ledger function raised, from the driver's exception (a
+        caller that runs those functions itself, e.g. inside ``qubix_create_job``)."""
+        return _domain_error(error.orig if isinstance(error, DBAPIError) else error)
 
     async def _call_raw(
         self, native: tuple[str, dict[str, Any]], key: str, request_hash: str
@@ -571,18 +583,70 @@ class Ledger:
                 user_id=job.user_id,
             )
 
-        params = {
-            "job_id": job_id,
-            "seconds": seconds,
-            "final_status": final_status.value,
+        params, args = self._settle_args("charge", job_id, seconds, final_status, error)
+        native = ("qubix_settle", args)
+        return await self._execute("charge", idempotency_key, params, work, native, within)
+
+    def _settle_args(
+        self,
+        operation: str,
+        job_id: str,
+        seconds: int,
+        final_status: JobStatus,
+        error: str | None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A charge's or refund's parameters (what its key's request hash covers) and the
+        arguments of ``qubix_settle`` after the key and the hash."""
+        charging = operation == "charge"
+        params: dict[str, Any] = {"job_id": job_id}
+        if charging:
+            params["seconds"] = seconds
+        params |= {"final_status": final_status.value, "error": error}
+        args = {
+            "op": operation,
+            "job": job_id,
+            "seconds": seconds if charging else 0,
+            "fee": self.platform_fee_bps if charging else 0,
+            "status": final_status.value,
             "error": error,
         }
-        native = (
-            "qubix_settle",
-            {"op": "charge", "job": job_id, "seconds": seconds, "fee": fee_bps}
-            | {"status": final_status.value, "error": error},
+        return params, args
+
+    async def end_job(
+        self,
+        job_id: str,
+        *,
+        operation: str,
+        idempotency_key: str,
+        final_status: JobStatus,
+        error: str | None = None,
+        seconds: int = 0,
+        result: Any = None,
+    ) -> Receipt:
+        """PostgreSQL only: :meth:`charge` (``operation="charge"``) or :meth:`refund` a job and,
+        in the same single call (``qubix_end_job``), store its ``result`` (when not None) and
+        free the provider that holds it. Same key, same receipt, as :meth:`charge` /
+        :meth:`refund`: a replay moves nothing and changes nothing."""
+        if not self._is_native():
+            raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
+        if operation not in ("charge", "refund"):
+            raise ValueError(f"a job ends with a charge or a refund, not {operation!r}")
+        if operation == "charge":
+            require_amount(seconds, name="seconds", allow_zero=True)
+        if final_status not in TERMINAL_JOB_STATES:
+            raise InvalidState(f"a job ends in an end state; {final_status.value} is not one")
+        params, args = self._settle_args(operation, job_id, seconds, final_status, error)
+        args |= {
+            "keep": result is not None,
+            "result": None if result is None else json.dumps(result, separators=(",", ":")),
+        }
+
+        async def unused(_: _Work) -> Receipt:  # pragma: no cover - only PostgreSQL gets here
+            raise AssertionError("end_job has no Python path")
+
+        return await self._execute(
+            operation, idempotency_key, params, unused, ("qubix_end_job", args)
         )
-        return await self._execute("charge", idempotency_key, params, work, native, within)
 
     async def refund(
         self,
@@ -616,10 +680,10 @@ class Ledger:
                 user_id=job.user_id,
             )
 
-        params = {"job_id": job_id, "final_status": final_status.value, "error": error}
-        native = ("qubix_settle", {"op": "refund", "job": job_id, "seconds": 0, "fee": 0,
-                                  "status": final_status.value, "error": error})  # fmt: skip
-        return await self._execute("refund", idempotency_key, params, work, native, within)
+        params, args = self._settle_args("refund", job_id, 0, final_status, error)
+        return await self._execute(
+            "refund", idempotency_key, params, work, ("qubix_settle", args), within
+        )
 
     @staticmethod
     async def _finish(

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
 from ..db.engine import autocommit_sessions
-from ..db.ledger import Ledger, Receipt, Within
+from ..db.ledger import Ledger, Receipt
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
 from ..market.events import MARKETPLACE, EventType, job_channel
@@ -259,20 +259,22 @@ class JobService:
         An assigned job is handed to the ``on_assigned`` hooks (dispatched) before the wallet
         events are read and sent: those are not on the job's way to its worker."""
         job_id = str(uuid.uuid5(_JOB_IDS, request_key))
+        fields = {
+            "model_type": model_type,
+            "compute_seconds": compute_seconds,
+            "constraints": constraints,
+            "input_data": input_data,
+        }
+        create = self._create_native if self._ledger.native else self._create
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 async with self._assigning:
-                    created = await self._create(
-                        job_id,
-                        user_id,
-                        request_key,
-                        model_type=model_type,
-                        compute_seconds=compute_seconds,
-                        constraints=constraints,
-                        input_data=input_data,
-                    )
+                    created = await create(job_id, user_id, request_key, **fields)
                 break
             except Exception as error:
+                domain = self._ledger.native_error(error)
+                if domain is not None:
+                    raise domain from None
                 if attempt == CREATE_ATTEMPTS - 1 or not Ledger.retryable(error):
                     raise
             await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))
@@ -308,6 +310,41 @@ class JobService:
                 locked = 0 if receipt.replayed else job.estimated_cost
             held = await db.escrow_held(session, job_id, lock=True)
             return job, await self._assign_in(session, job, held, self._clock()), locked
+
+    async def _create_native(
+        self,
+        job_id: str,
+        user_id: str,
+        request_key: str,
+        *,
+        constraints: JobConstraints,
+        **fields: Any,
+    ) -> tuple[Job, _Assignment | None, int]:
+        """:meth:`_create` on PostgreSQL: the same transaction as one call of
+        ``qubix_create_job`` (same escrow keys, same order of offers), then one read."""
+        created_at = utcnow()  # as the row's default would be, then the assignment's clock
+        now = self._clock()
+        async with self._reads() as session:
+            done = await db.create_job_native(
+                session,
+                job_id,
+                user_id,
+                constraints=constraints,
+                lock_key=f"{request_key}:escrow",
+                release_key=f"job:{job_id}:assign:0:release",
+                created_at=created_at,
+                now=now,
+                **fields,
+            )
+            job, provider = await db.job_with_provider(session, job_id)
+        if not done.fresh:
+            return job, None, 0
+        if provider is not None:
+            return job, _Assignment(Assign(provider), provider, done.released), done.locked
+        decision = decide_assignment(
+            constraints, [], created_at=job.created_at, now=now, timeout=self.assign_timeout
+        )
+        return job, _Assignment(decision), done.locked
 
     # ------------------------------------------------------------------ assignment
 
@@ -425,29 +462,16 @@ class JobService:
         """End an open job FAILED with its whole escrow refunded (nobody's time is charged)."""
         check_transition(job.status, JobStatus.FAILED)
         with contextlib.suppress(InvalidState):  # settled meanwhile
-            await self._end(
-                job.id,
-                lambda within: self._ledger.refund(
-                    job.id,
-                    idempotency_key=key,
-                    final_status=JobStatus.FAILED,
-                    error=error,
-                    within=within,
-                ),
-            )
+            await self._end(job.id, key=key, status=JobStatus.FAILED, error=error)
 
     async def _fail_unassignable(self, job: Job) -> None:
         check_transition(job.status, JobStatus.FAILED)
         with contextlib.suppress(InvalidState):  # cancelled meanwhile
             await self._end(
                 job.id,
-                lambda within: self._ledger.refund(
-                    job.id,
-                    idempotency_key=f"job:{job.id}:unassignable",
-                    final_status=JobStatus.FAILED,
-                    error="unassignable",
-                    within=within,
-                ),
+                key=f"job:{job.id}:unassignable",
+                status=JobStatus.FAILED,
+                error="unassignable",
             )
 
     async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
@@ -594,15 +618,7 @@ class JobService:
                 return job, Payment.of(receipt)
             check_transition(job.status, JobStatus.CANCELLED)
             if job.status is JobStatus.PENDING:
-                receipt, ended = await self._end(
-                    job_id,
-                    lambda within: self._ledger.refund(
-                        job_id,
-                        idempotency_key=key,
-                        final_status=JobStatus.CANCELLED,
-                        within=within,
-                    ),
-                )
+                receipt, ended = await self._end(job_id, key=key, status=JobStatus.CANCELLED)
             else:
                 receipt, ended = await self._charge(job, key=key, status=JobStatus.CANCELLED)
         return ended, Payment.of(receipt)
@@ -622,16 +638,7 @@ class JobService:
         assert since is not None  # an ASSIGNED or RUNNING job has been assigned
         seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
         return await self._end(
-            job.id,
-            lambda within: self._ledger.charge(
-                job.id,
-                seconds=seconds,
-                idempotency_key=key,
-                final_status=status,
-                error=error,
-                within=within,
-            ),
-            result=result,
+            job.id, key=key, status=status, error=error, seconds=seconds, result=result
         )
 
     # ------------------------------------------------------------------ after settlement
@@ -639,14 +646,35 @@ class JobService:
     async def _end(
         self,
         job_id: str,
-        settle: Callable[[Within], Awaitable[Receipt]],
         *,
+        key: str,
+        status: JobStatus,
+        error: str | None = None,
+        seconds: int | None = None,
         result: Any = None,
     ) -> tuple[Receipt, Job]:
-        """End a job through ``settle`` (a charge or a refund of the ledger): in its transaction
-        the result is kept and the provider freed, so the end, the money, the result and the
-        free provider commit together. Then everyone is told, once; the job as it ended is
-        returned (as it stands, for an answer replayed)."""
+        """End a job as ``status``: charged ``seconds`` (None: its whole escrow refunded). In the
+        ledger's transaction the result is kept and the provider freed, so the end, the money,
+        the result and the free provider commit together (on PostgreSQL as one call). Then
+        everyone is told, once; the job as it ended is returned (as it stands, for an answer
+        replayed)."""
+        if self._ledger.native:
+            receipt = await self._ledger.end_job(
+                job_id,
+                operation="refund" if seconds is None else "charge",
+                idempotency_key=key,
+                final_status=status,
+                error=error,
+                seconds=seconds or 0,
+                result=result,
+            )
+            async with self._reads() as session:
+                job, provider = await db.job_with_provider(session, job_id)
+            if receipt.replayed:
+                return receipt, job
+            freed = provider if provider is not None and provider.current_job_id is None else None
+            owner = None if provider is None else (provider.user_id, provider.worker_id)
+            return await self._ended(receipt, job, owner, freed)
         ended: dict[str, Any] = {}
 
         async def within(session: AsyncSession) -> None:
@@ -662,17 +690,38 @@ class JobService:
             ended["owner"] = None if provider is None else (provider.user_id, provider.worker_id)
             ended["job"] = job
 
-        receipt = await settle(within)
+        if seconds is None:
+            receipt = await self._ledger.refund(
+                job_id, idempotency_key=key, final_status=status, error=error, within=within
+            )
+        else:
+            receipt = await self._ledger.charge(
+                job_id,
+                seconds=seconds,
+                idempotency_key=key,
+                final_status=status,
+                error=error,
+                within=within,
+            )
         if receipt.replayed or "job" not in ended:
             job, _ = await self.get(job_id)
             return receipt, job
-        job = ended["job"]
-        owner: tuple[str, str] | None = ended["owner"]
+        return await self._ended(receipt, ended["job"], ended["owner"], ended["freed"])
+
+    async def _ended(
+        self,
+        receipt: Receipt,
+        job: Job,
+        owner: tuple[str, str] | None,
+        freed: Provider | None,
+    ) -> tuple[Receipt, Job]:
+        """A job has just ended (``receipt``): wake its result requests, tell everyone."""
+        job_id = job.id
         self._wake_waiters(job)
         kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
         self._publish_job(kind, job, None if owner is None else owner[1])
-        if ended["freed"] is not None:
-            self._publish_offer(ended["freed"])
+        if freed is not None:
+            self._publish_offer(freed)
         if job.provider_id is not None:
             self._wake.set()  # its provider may take a waiting job now
         self._run_hooks(self.on_finished, job)

@@ -244,19 +244,48 @@ async def test_a_create_that_meets_a_deadlock_runs_again_and_locks_once(
     market: Market, monkeypatch: pytest.MonkeyPatch
 ):
     """The job's insert, escrow and assignment are one transaction: a transient failure after
-    the escrow was locked rolls all of it back, and the next try does it once."""
+    the escrow was locked rolls all of it back, and the next try does it once.
+
+    On PostgreSQL (one ``qubix_create_job`` call) the database itself raises the deadlock, from
+    a trigger on the first escrow release, after the lock and the assignment were written; on
+    SQLite the Python transaction fails at its escrow read."""
     from qubix_jupyter.server_extension import jobs as service
 
-    held = service.db.escrow_held
     tries = []
+    if market.url.kind == "postgresql":
+        await execute_sql(
+            market.url.url,
+            """
+            CREATE SEQUENCE deadlock_once;
+            CREATE FUNCTION deadlock_once() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              -- A sequence is not rolled back with the failed statement: only the first fires.
+              IF nextval('deadlock_once') = 1 THEN
+                RAISE EXCEPTION 'deadlock detected (test)' USING ERRCODE = 'deadlock_detected';
+              END IF;
+              RETURN NEW;
+            END $$;
+            CREATE TRIGGER deadlock_once AFTER INSERT ON transactions
+            FOR EACH ROW WHEN (NEW.type = 'ESCROW_RELEASE') EXECUTE FUNCTION deadlock_once();
+            """,
+        )
+        create = service.db.create_job_native
 
-    async def deadlocked_once(session: Any, job_id: str, **options: Any) -> int:
-        tries.append(job_id)
-        if len(tries) == 1:
-            raise DBAPIError("SELECT …", {}, _Deadlock())
-        return await held(session, job_id, **options)
+        async def counted(*args: Any, **options: Any) -> Any:
+            tries.append(args[1])
+            return await create(*args, **options)
 
-    monkeypatch.setattr(service.db, "escrow_held", deadlocked_once)
+        monkeypatch.setattr(service.db, "create_job_native", counted)
+    else:
+        held = service.db.escrow_held
+
+        async def deadlocked_once(session: Any, job_id: str, **options: Any) -> int:
+            tries.append(job_id)
+            if len(tries) == 1:
+                raise DBAPIError("SELECT …", {}, _Deadlock())
+            return await held(session, job_id, **options)
+
+        monkeypatch.setattr(service.db, "escrow_held", deadlocked_once)
     r = await market.create(computeNeeded=1, maxPrice=100)
     assert r.code == 200, r.body
     assert len(tries) == 2
@@ -654,15 +683,17 @@ async def test_a_job_is_never_seen_completed_without_its_result(
     """The result is stored in the transaction that ends the job: the moment the charge has
     committed, a reader sees the job COMPLETED with its result, and its provider free."""
     ledger = market.services.jobs._ledger
-    charge = ledger.charge
+    # The settlement: one end_job call on PostgreSQL, a charge with the result within elsewhere.
+    name = "end_job" if ledger.native else "charge"
+    settle = getattr(ledger, name)
     seen: list[Job] = []
 
-    async def charge_then_look(job_id: str, **options: Any) -> Any:
-        receipt = await charge(job_id, **options)
+    async def settle_then_look(job_id: str, **options: Any) -> Any:
+        receipt = await settle(job_id, **options)
         seen.append(await market.job_row(job_id))
         return receipt
 
-    monkeypatch.setattr(ledger, "charge", charge_then_look)
+    monkeypatch.setattr(ledger, name, settle_then_look)
     job_id = body_of(await market.create())["job"]["id"]
     assert (await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)).code == 200
     [row] = seen
