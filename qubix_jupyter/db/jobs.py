@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import case, func, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import UnknownJob
@@ -156,6 +156,33 @@ async def job_with_provider(session: AsyncSession, job_id: str) -> tuple[Job, Pr
     if row is None:
         raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
     return row[0], row[1]
+
+
+async def advance_progress(
+    session: AsyncSession, job_id: str, provider_id: str, percent: int, *, now: dt.datetime
+) -> int | None:
+    """A progress report of ``provider_id``'s worker, as one statement: an ASSIGNED job becomes
+    RUNNING (started now), its progress never goes down. The progress stored, or None when
+    the job is not open on that provider (nothing changed)."""
+    stored: int | None = await session.scalar(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.provider_id == provider_id,
+            Job.status.in_(OPEN_JOB_STATES),
+        )
+        .values(
+            status=JobStatus.RUNNING,
+            started_at=case(
+                (Job.status == JobStatus.ASSIGNED, literal(now, Job.__table__.c.started_at.type)),
+                else_=Job.started_at,
+            ),
+            progress=case((Job.progress > percent, Job.progress), else_=percent),
+        )
+        .returning(Job.progress)
+        .execution_options(synchronize_session=False)
+    )
+    return stored
 
 
 async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:

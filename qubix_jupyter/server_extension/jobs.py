@@ -46,7 +46,12 @@ from ..db.ledger import Ledger, Receipt
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
 from ..market.events import MARKETPLACE, EventType, job_channel
-from ..market.jobs import ResultTooLarge, charged_seconds, excess_at_assignment, next_progress
+from ..market.jobs import (
+    ResultTooLarge,
+    charged_seconds,
+    excess_at_assignment,
+    reported_progress,
+)
 from ..market.jobs import assigned_escrow as escrow_at_price
 from ..market.matching import Assign, Decision, Fail, JobConstraints, Wait, decide_assignment, rank
 from ..market.states import (
@@ -176,11 +181,11 @@ class JobService:
     async def get(self, job_id: str) -> tuple[Job, Provider | None]:
         """The job and its provider (None while unassigned)."""
         async with self._reads() as session:
-            job = await db.get_job(session, job_id)
-            provider = None
-            if job.provider_id is not None:
-                provider = await db.provider(session, job.provider_id)
-            return job, provider
+            return await db.job_with_provider(session, job_id)
+
+    async def _job(self, job_id: str) -> Job:
+        async with self._reads() as session:
+            return await db.get_job(session, job_id)
 
     async def visible_to(self, job_id: str, user_id: str) -> tuple[Job, Provider | None]:
         """The job, if ``user_id`` is its consumer or owns its provider; else 403."""
@@ -197,7 +202,7 @@ class JobService:
         waiters = self._finish_waiters.setdefault(job_id, set())
         waiters.add(ended)
         try:
-            job, _ = await self.get(job_id)
+            job = await self._job(job_id)
             if job.user_id != user_id:
                 raise Forbidden("only the job's consumer may read its result", jobId=job.id)
             if job.status in TERMINAL_JOB_STATES or wait <= 0:
@@ -205,8 +210,7 @@ class JobService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     return await asyncio.shield(ended)
-            job, _ = await self.get(job_id)  # as it stands now (ended elsewhere, or not)
-            return job
+            return await self._job(job_id)  # as it stands now (ended elsewhere, or not)
         finally:
             waiters.discard(ended)
             if not waiters and self._finish_waiters.get(job_id) is waiters:
@@ -477,9 +481,9 @@ class JobService:
     async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
         """One pass of the assigner over the PENDING jobs, oldest first."""
         now = now or self._clock()
-        async with self._sessionmaker() as session:
+        async with self._reads() as session:
             pending = await db.pending_jobs(session, limit=SWEEP_BATCH)
-            anyone_free = await db.any_free_provider(session)
+            anyone_free = bool(pending) and await db.any_free_provider(session)
         # With every provider busy only a job past its deadline has anything to decide: skip
         # the others rather than run a transaction each, every second.
         due = now - self.assign_timeout
@@ -527,25 +531,29 @@ class JobService:
         self, job_id: str, worker: WorkerOwner, *, worker_id: str, reported: float
     ) -> int:
         """Store a progress report: RUNNING from the first one; never lower; within 0..100."""
-        async with self._sessionmaker() as session, session.begin():
-            job = await db.get_job(session, job_id, lock=True)
+        percent = reported_progress(reported)
+        if worker_id != worker.worker_id:
+            raise Forbidden("this job is not assigned to your worker", jobId=job_id)
+        check_transition(JobStatus.ASSIGNED, JobStatus.RUNNING)  # what the statement does
+        # One conditional statement (no lock held across round trips): it applies only to an
+        # open job of this provider, so a late or foreign report changes nothing.
+        async with self._reads() as session, session.begin():
+            stored = await db.advance_progress(
+                session, job_id, worker.provider_id, percent, now=self._clock()
+            )
+            if stored is None:
+                job = await db.get_job(session, job_id)
+        if stored is None:
             self._require_worker(job, worker, worker_id)
-            if job.status is JobStatus.ASSIGNED:
-                check_transition(job.status, JobStatus.RUNNING)
-                job.status = JobStatus.RUNNING
-                job.started_at = self._clock()
-            elif job.status is not JobStatus.RUNNING:
-                raise InvalidState(
-                    f"a {job.status.value} job takes no progress reports",
-                    jobId=job_id,
-                    status=job.status.value,
-                )
-            job.progress = next_progress(job.progress, reported)
-            stored = job.progress
+            raise InvalidState(
+                f"a {job.status.value} job takes no progress reports",
+                jobId=job_id,
+                status=job.status.value,
+            )
         self._events.publish(
             job_channel(job_id),
             EventType.JOB_PROGRESS,
-            {"jobId": job_id, "progress": stored, "status": job.status.value},
+            {"jobId": job_id, "progress": stored, "status": JobStatus.RUNNING.value},
         )
         return stored
 

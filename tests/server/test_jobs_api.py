@@ -433,6 +433,14 @@ async def test_full_lifecycle_pays_the_provider_and_refunds_the_rest(market: Mar
     row = await market.job_row(job_id)
     assert row.status.value == "RUNNING"
     assert row.started_at is not None
+    # The start is the first report's: a later one moves neither it nor the progress down.
+    r = await market.worker(
+        "POST",
+        f"jobs/{job_id}/progress",
+        {"workerId": "bob-1", "progress": 50, "timestamp": "2026-01-01T00:00:01Z"},
+    )
+    assert body_of(r) == {"success": True, "progress": 100}
+    assert (await market.job_row(job_id)).started_at == row.started_at
     assert body_of(await market.worker("GET", "jobs/pending/bob-1")) == []
 
     await market.backdate(job_id, seconds=900)  # a quarter of an hour: 10 QU at 40 QU/h
