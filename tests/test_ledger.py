@@ -170,6 +170,18 @@ async def test_unknown_accounts_and_jobs(database: Database):
         await database.ledger.lock_escrow("no-such-job", 5, idempotency_key="k2")
     with pytest.raises(UnknownAccount):
         await database.ledger.wallet_balance("no-such-user")
+    with pytest.raises(UnknownAccount):
+        await database.ledger.wallet_balances(["no-such-user"])
+
+
+async def test_wallet_balances_are_read_together(database: Database):
+    consumer, owner, _, job = await _market(database, price=3600)
+    await database.ledger.lock_escrow(job.id, 3600, idempotency_key="l1")
+    await database.ledger.charge(job.id, seconds=600, idempotency_key="c1")
+    balances = await database.ledger.wallet_balances([consumer.id, owner.id])
+    assert balances == {consumer.id: 10_000 - 600, owner.id: 600}
+    assert balances[consumer.id] == await database.ledger.wallet_balance(consumer.id)
+    assert await database.ledger.wallet_balances([]) == {}
 
 
 @pytest.mark.parametrize("key", ["", "k" * 201, None])

@@ -50,6 +50,7 @@ from ..market.states import (
     escrow_account_id,
     wallet_account_id,
 )
+from .engine import autocommit_sessions
 from .models import Account, IdempotencyKey, Job, Provider, Transaction, new_id, utcnow
 
 MAX_KEY_LENGTH = 200
@@ -236,6 +237,8 @@ class Ledger:
         self._sessionmaker = sessionmaker
         self._engine: AsyncEngine = sessionmaker.kw["bind"]
         self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        #: Reads that lock nothing: without a transaction around them (on PostgreSQL).
+        self._reads = autocommit_sessions(sessionmaker)
         self.platform_fee_bps = platform_fee_bps
         self._max_attempts = max_attempts
         #: PostgreSQL runs each operation as one call to its PL/pgSQL function (created by the
@@ -712,6 +715,20 @@ class Ledger:
 
     async def wallet_balance(self, user_id: str) -> int:
         return await self.balance(wallet_account_id(user_id))
+
+    async def wallet_balances(self, user_ids: Iterable[str]) -> dict[str, int]:
+        """Users' wallet balances in one read (user id → QU); unknown accounts are refused."""
+        wanted = {wallet_account_id(user): user for user in user_ids}
+        async with self._reads() as session:
+            rows = await session.execute(
+                select(Account.id, Account.balance).where(Account.id.in_(wanted))
+            )
+            found = {wanted[account]: int(balance) for account, balance in rows}
+        missing = sorted(set(wanted.values()) - set(found))
+        if missing:
+            account = wallet_account_id(missing[0])
+            raise UnknownAccount(f"no ledger account {account!r}", account=account)
+        return found
 
     async def escrow_balance(self, job_id: str) -> int:
         async with self._sessionmaker() as session:

@@ -286,10 +286,11 @@ class JobService:
         if assignment is None:  # a retried create: the job as it stands
             return await self.get(job_id)
         await self._assigned(job, assignment)
-        if locked:
-            await self._balance_changed(user_id, -locked, "escrow_lock", job_id)
-        if assignment.released:
-            await self._balance_changed(user_id, assignment.released, "escrow_release", job_id)
+        await self._balances_changed(
+            job_id,
+            (user_id, -locked, "escrow_lock"),
+            (user_id, assignment.released, "escrow_release"),
+        )
         if isinstance(assignment.decision, Fail):
             return await self.get(job_id)
         return job, assignment.taken
@@ -734,18 +735,30 @@ class JobService:
             self._wake.set()  # its provider may take a waiting job now
         self._run_hooks(self.on_finished, job)
         payment = Payment.of(receipt)
-        if payment.refund:
-            await self._balance_changed(job.user_id, payment.refund, "job_refund", job_id)
-        if owner is not None and payment.provider_earning:
-            await self._balance_changed(owner[0], payment.provider_earning, "job_earning", job_id)
+        await self._balances_changed(
+            job_id,
+            (job.user_id, payment.refund, "job_refund"),
+            (None if owner is None else owner[0], payment.provider_earning, "job_earning"),
+        )
         return receipt, job
 
     # ------------------------------------------------------------------ events and hooks
 
     async def _balance_changed(self, user_id: str, change: int, reason: str, job_id: str) -> None:
-        balance = await self._ledger.wallet_balance(user_id)
-        data = {"balance": balance, "change": change, "reason": reason, "jobId": job_id}
-        self._events.publish("wallet", EventType.BALANCE_CHANGED, data, user_id=user_id)
+        await self._balances_changed(job_id, (user_id, change, reason))
+
+    async def _balances_changed(self, job_id: str, *changes: tuple[str | None, int, str]) -> None:
+        """BALANCE_CHANGED for each (user, change, reason) that moved money, in order; the
+        wallets' balances as they stand now, in one read."""
+        moved = [(user, change, reason) for user, change, reason in changes if user and change]
+        if not moved:
+            return
+        balances = await self._ledger.wallet_balances({user for user, _, _ in moved})
+        for user_id, change, reason in moved:
+            data = {"balance": balances[user_id], "change": change, "reason": reason}
+            self._events.publish(
+                "wallet", EventType.BALANCE_CHANGED, data | {"jobId": job_id}, user_id=user_id
+            )
 
     def _publish_job(self, kind: EventType, job: Job, worker_id: str | None) -> None:
         data = m.job_out(job, worker_id=worker_id).model_dump(mode="json")
