@@ -37,9 +37,14 @@ def _has_active_job() -> Any:
     )
 
 
+def _may_exist(job_id: str) -> bool:
+    # PostgreSQL text cannot hold NUL: no job id has one, and asking would be an error.
+    return "\x00" not in job_id
+
+
 async def get_job(session: AsyncSession, job_id: str, *, lock: bool = False) -> Job:
     job = None
-    if "\x00" not in job_id:  # PostgreSQL text cannot hold NUL: no job id has one
+    if _may_exist(job_id):
         job = await session.get(Job, job_id, with_for_update=lock, populate_existing=lock)
     if job is None:
         raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
@@ -145,7 +150,7 @@ async def create_job_native(
 async def job_with_provider(session: AsyncSession, job_id: str) -> tuple[Job, Provider | None]:
     """The job and its provider (None while unassigned), in one read."""
     row = None
-    if "\x00" not in job_id:
+    if _may_exist(job_id):
         row = (
             await session.execute(
                 select(Job, Provider)

@@ -540,9 +540,7 @@ class Ledger:
         provider less the platform fee, the rest of the escrow back to the consumer, and the job
         becomes ``final_status`` in the same transaction (``within`` runs in it too, once: not
         when the key's answer is replayed)."""
-        require_amount(seconds, name="seconds", allow_zero=True)
-        if final_status not in TERMINAL_JOB_STATES:
-            raise InvalidState(f"a charge ends a job; {final_status.value} is not an end state")
+        params, args = self._settle_args("charge", job_id, seconds, final_status, error)
         escrow = escrow_account_id(job_id)
         fee_bps = self.platform_fee_bps
 
@@ -586,7 +584,6 @@ class Ledger:
                 user_id=job.user_id,
             )
 
-        params, args = self._settle_args("charge", job_id, seconds, final_status, error)
         native = ("qubix_settle", args)
         return await self._execute("charge", idempotency_key, params, work, native, within)
 
@@ -599,8 +596,14 @@ class Ledger:
         error: str | None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """A charge's or refund's parameters (what its key's request hash covers) and the
-        arguments of ``qubix_settle`` after the key and the hash."""
+        arguments of ``qubix_settle`` after the key and the hash; bad ones refused first."""
         charging = operation == "charge"
+        if charging:
+            require_amount(seconds, name="seconds", allow_zero=True)
+        if final_status not in TERMINAL_JOB_STATES:
+            raise InvalidState(
+                f"a {operation} ends a job; {final_status.value} is not an end state"
+            )
         params: dict[str, Any] = {"job_id": job_id}
         if charging:
             params["seconds"] = seconds
@@ -634,10 +637,6 @@ class Ledger:
             raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
         if operation not in ("charge", "refund"):
             raise ValueError(f"a job ends with a charge or a refund, not {operation!r}")
-        if operation == "charge":
-            require_amount(seconds, name="seconds", allow_zero=True)
-        if final_status not in TERMINAL_JOB_STATES:
-            raise InvalidState(f"a job ends in an end state; {final_status.value} is not one")
         params, args = self._settle_args(operation, job_id, seconds, final_status, error)
         args |= {
             "keep": result is not None,
@@ -662,8 +661,7 @@ class Ledger:
     ) -> Receipt:
         """Return a job's whole escrow to the consumer and end the job as ``final_status``
         (``within`` runs in the same transaction, as for :meth:`charge`)."""
-        if final_status not in TERMINAL_JOB_STATES:
-            raise InvalidState(f"a refund ends a job; {final_status.value} is not an end state")
+        params, args = self._settle_args("refund", job_id, 0, final_status, error)
         escrow = escrow_account_id(job_id)
 
         async def work(w: _Work) -> Receipt:
@@ -683,7 +681,6 @@ class Ledger:
                 user_id=job.user_id,
             )
 
-        params, args = self._settle_args("refund", job_id, 0, final_status, error)
         return await self._execute(
             "refund", idempotency_key, params, work, ("qubix_settle", args), within
         )
