@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -194,6 +193,10 @@ def _child(conn: Connection, parent: int) -> None:
         conn.send(("error", type(exc).__name__, str(exc)[:2000], traceback.format_exc()))
     finally:
         conn.close()
+        # What is left is the interpreter's teardown: it yields the CPU to the answer's way to
+        # the consumer (the worker, the market), which it would otherwise compete with.
+        with contextlib.suppress(OSError):
+            os.nice(19)
 
 
 # ---------------------------------------------------------------------------- the parent
@@ -252,54 +255,86 @@ def _discard(started: _Started) -> None:
     _reap(process)
 
 
+#: The next standby child is started this long after the job that took the last one ended: its
+#: result is on its way to the consumer then, and the child's start (an interpreter and its
+#: imports, tens of ms of CPU) would compete with it for the machine's cores.
+REFILL_AFTER_JOB_S = 0.05
+#: …or once that job has run this long: a long job's idle CPU starts the next child.
+REFILL_DURING_JOB_S = 1.0
+
+
 class Standby:
     """One child started ahead of the next job.
 
     Children are started from this object's own thread, which lives as long as it does: Linux
     sends the parent-death signal when the *thread* that started a child ends, and a task's
     thread may end while the child it started waits. :meth:`take` hands the waiting child over
-    (None when none is ready yet: the caller starts one itself) and starts the next.
+    (None when none is ready yet: the caller starts one itself); the next one is started
+    :data:`REFILL_AFTER_JOB_S` after that job ends (:meth:`job_ended`), or
+    :data:`REFILL_DURING_JOB_S` after it was taken, whichever comes first.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._ready: _Started | None = None
         self._closed = False
-        self._wake: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        #: When the next child is to be started (None: one is being started, or ready).
+        self._due: float | None = time.monotonic()
         self._thread = threading.Thread(target=self._fill, name="qubix-job-standby", daemon=True)
         self._thread.start()
-        self._wake.put(True)
+
+    def _next_due(self) -> bool:
+        """Wait (holding the lock) until a child is due or the standby closed; True if due."""
+        while not self._closed:
+            if self._ready is None and self._due is not None:
+                left = self._due - time.monotonic()
+                if left <= 0:
+                    self._due = None
+                    return True
+                self._changed.wait(left)
+            else:
+                self._changed.wait()
+        return False
 
     def _fill(self) -> None:
-        while self._wake.get():
-            with self._lock:
-                if self._closed:
+        while True:
+            with self._changed:
+                if not self._next_due():
                     return
-                if self._ready is not None:
-                    continue
             started = _spawn()
-            with self._lock:
+            with self._changed:
                 if self._closed or self._ready is not None:
                     spare = started
                 else:
-                    self._ready, spare = started, None
+                    self._ready, self._due, spare = started, None, None
             if spare is not None:
                 _discard(spare)
 
+    def _due_in(self, seconds: float) -> None:
+        with self._changed:
+            due = time.monotonic() + seconds
+            if self._ready is None and (self._due is None or due < self._due):
+                self._due = due
+                self._changed.notify()
+
     def take(self) -> _Started | None:
-        with self._lock:
+        with self._changed:
             ready, self._ready = self._ready, None
-        self._wake.put(True)
+        self._due_in(REFILL_DURING_JOB_S)
         if ready is not None and ready[0].poll() is not None:  # it died waiting (the OOM killer)
             _discard(ready)
             return None
         return ready
 
+    def job_ended(self) -> None:
+        """The job of the last :meth:`take` has ended: the next child starts shortly."""
+        self._due_in(REFILL_AFTER_JOB_S)
+
     def close(self) -> None:
-        with self._lock:
+        with self._changed:
             self._closed = True
             ready, self._ready = self._ready, None
-        self._wake.put(False)
+            self._changed.notify()
         if ready is not None:
             _discard(ready)
         self._thread.join(_GRACE_S * 5)
@@ -385,6 +420,8 @@ def run_job(
                 final = message
     finally:
         receiver.close()
+        if warm and _standby is not None:
+            _standby.job_ended()
         if final is None:
             _reap(process)
         else:  # it has answered: let it exit (a few ms of teardown) without waiting here

@@ -292,6 +292,67 @@ def test_a_job_takes_a_child_started_ahead_and_no_child_runs_two_jobs() -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_next_child_starts_once_the_job_that_took_one_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child's start does not compete with the job that took the last one: the next starts
+    after that job ends (or once it has run ``REFILL_DURING_JOB_S``)."""
+    import time
+
+    monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 60.0)
+    runners.close_standby()
+    before = _children(os.getpid())
+    taken = None
+    try:
+        standby = runners.standby()
+        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+        time.sleep(0.2)  # handed over once its start returned
+        taken = standby.take()
+        assert taken is not None
+        assert taken[0].pid == first
+        time.sleep(runners.REFILL_AFTER_JOB_S * 10)
+        assert _children(os.getpid()) - before == {first}  # none started while the job runs
+        standby.job_ended()
+        [second] = _wait_for(
+            "no child started after the job ended",
+            lambda: _children(os.getpid()) - before - {first},
+        )
+        assert second != first
+    finally:
+        if taken is not None:
+            runners._discard(taken)
+        runners.close_standby()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_long_job_has_the_next_child_started_while_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 0.5)
+    runners.close_standby()
+    before = _children(os.getpid())
+    taken = None
+    try:
+        standby = runners.standby()
+        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+        time.sleep(0.2)
+        taken = standby.take()
+        assert taken is not None
+        took = time.monotonic()
+        _wait_for(
+            "no child started while the job ran",
+            lambda: _children(os.getpid()) - before - {first},
+        )
+        assert time.monotonic() - took >= 0.5
+    finally:
+        if taken is not None:
+            runners._discard(taken)
+        runners.close_standby()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_closing_the_standby_ends_its_waiting_child() -> None:
     runners.close_standby()
     before = _children(os.getpid())
