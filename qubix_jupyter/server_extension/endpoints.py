@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -80,6 +81,18 @@ class Reply:
 
     body: BaseModel
     status: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Held:
+    """A 200 answer given in two parts: ``stored`` is the request's answer, kept at once for
+    its retries (its Idempotency-Key); this caller's answer waits for ``then`` (a create
+    that waits for its job to end gets the job as it ended). ``discard`` is called instead
+    of ``then`` when the answer cannot be sent (its storing failed)."""
+
+    stored: BaseModel
+    then: Callable[[], Awaitable[BaseModel]]
+    discard: Callable[[], None]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..db.idempotency_store import Answer
 from ..market.errors import QubixError
-from .endpoints import Call, Reply, TextReply
+from .endpoints import Call, Held, Reply, TextReply
 from .errors import (
     Forbidden,
     InvalidJSON,
@@ -212,17 +212,33 @@ class _RouteDispatch(_MarketAPI):
             self.finish(result.text, set_content_type=result.media_type)
             return
         status = 200
-        if isinstance(result, Reply):
+        if isinstance(result, Held):
+            try:
+                await self._store(status, result.stored.model_dump_json(by_alias=True))
+            except BaseException:
+                result.discard()
+                raise
+            try:
+                result = await result.then()
+            except QubixError as error:
+                self.write_qubix_error(error)
+                return
+        elif isinstance(result, Reply):
             status = result.status
             result = result.body
         encoded = result.model_dump_json(by_alias=True)
+        await self._store(status, encoded)
+        self.set_status(status)
+        self.finish(encoded)
+
+    async def _store(self, status: int, encoded: str) -> None:
+        """Keep the answer of a claimed Idempotency-Key, for the request's retries."""
         if self._claimed is not None:
             scope, key = self._claimed
             await self.services.idempotency.complete(
                 scope, key, status, json.loads(encoded), now=dt.datetime.now(dt.UTC)
             )
-        self.set_status(status)
-        self.finish(encoded)
+            self._claimed = None
 
     async def _release_claim(self) -> None:
         if self._claimed is not None:
@@ -235,7 +251,7 @@ class _RouteDispatch(_MarketAPI):
             path, self.request.method or "", self.get_status(), self.request.request_time()
         )
 
-    async def _call(self, params: dict[str, str]) -> BaseModel | Reply | TextReply | Answer:
+    async def _call(self, params: dict[str, str]) -> BaseModel | Held | Reply | TextReply | Answer:
         services = self.services
         route = self.routes.get(self.request.method or "")
         if route is None:

@@ -142,6 +142,43 @@ class Payment:
         )
 
 
+class JobWatch:
+    """Waits for one job to end: registered at once (the job may not exist yet), so an end
+    committed any time after is seen. A context manager; :meth:`close` ends the watch."""
+
+    def __init__(self, service: JobService, job_id: str) -> None:
+        self._service = service
+        self.job_id = job_id
+        self._ended: asyncio.Future[tuple[Job, str | None]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        service._finish_waiters.setdefault(job_id, set()).add(self._ended)
+
+    async def end(self, seconds: float) -> tuple[Job, str | None]:
+        """The job as it ended and its worker, the moment it ends; after ``seconds``,
+        the job as it stands then (ended elsewhere, or not)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                return await asyncio.shield(self._ended)
+        job, provider = await self._service.get(self.job_id)
+        return job, None if provider is None else provider.worker_id
+
+    def close(self) -> None:
+        waiters = self._service._finish_waiters
+        watching = waiters.get(self.job_id)
+        if watching is None:
+            return
+        watching.discard(self._ended)
+        if not watching:
+            del waiters[self.job_id]
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class JobService:
     def __init__(
         self,
@@ -174,7 +211,7 @@ class JobService:
         self._runner: asyncio.Task[None] | None = None
         self._hook_tasks: set[asyncio.Task[None]] = set()
         #: job id → the requests waiting for it to end (``finished``), answered with the job.
-        self._finish_waiters: dict[str, set[asyncio.Future[Job]]] = {}
+        self._finish_waiters: dict[str, set[asyncio.Future[tuple[Job, str | None]]]] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -196,30 +233,25 @@ class JobService:
 
     async def finished(self, job_id: str, user_id: str, *, wait: float = 0) -> Job:
         """The consumer's job, once it is terminal or ``wait`` seconds have passed (403 for
-        anyone else's). The waiter is registered before the job is read, so an end committed
-        in between is not missed; it is woken after the end is committed."""
-        ended: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        waiters = self._finish_waiters.setdefault(job_id, set())
-        waiters.add(ended)
-        try:
+        anyone else's). The watch starts before the job is read, so an end committed in
+        between is not missed; it is woken after the end is committed."""
+        with self.watch(job_id) as watch:
             job = await self._job(job_id)
             if job.user_id != user_id:
                 raise Forbidden("only the job's consumer may read its result", jobId=job.id)
             if job.status in TERMINAL_JOB_STATES or wait <= 0:
                 return job
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    return await asyncio.shield(ended)
-            return await self._job(job_id)  # as it stands now (ended elsewhere, or not)
-        finally:
-            waiters.discard(ended)
-            if not waiters and self._finish_waiters.get(job_id) is waiters:
-                del self._finish_waiters[job_id]
+            ended, _ = await watch.end(wait)
+            return ended
 
-    def _wake_waiters(self, job: Job) -> None:
+    def watch(self, job_id: str) -> JobWatch:
+        """Watch for the end of a job (see :class:`JobWatch`); it may not exist yet."""
+        return JobWatch(self, job_id)
+
+    def _wake_waiters(self, job: Job, worker_id: str | None) -> None:
         for ended in self._finish_waiters.get(job.id, ()):
             if not ended.done():
-                ended.set_result(job)
+                ended.set_result((job, worker_id))
 
     async def of_consumer(
         self, user_id: str, *, status: JobStatus | None, offset: int, limit: int
@@ -245,6 +277,11 @@ class JobService:
 
     # ------------------------------------------------------------------ create
 
+    @staticmethod
+    def job_id_of(request_key: str) -> str:
+        """The id of the job a create of that request key makes (the same on its retries)."""
+        return str(uuid.uuid5(_JOB_IDS, request_key))
+
     async def create(
         self,
         user_id: str,
@@ -262,7 +299,7 @@ class JobService:
 
         An assigned job is handed to the ``on_assigned`` hooks (dispatched) before the wallet
         events are read and sent: those are not on the job's way to its worker."""
-        job_id = str(uuid.uuid5(_JOB_IDS, request_key))
+        job_id = self.job_id_of(request_key)
         fields = {
             "model_type": model_type,
             "compute_seconds": compute_seconds,
@@ -726,7 +763,7 @@ class JobService:
     ) -> tuple[Receipt, Job]:
         """A job has just ended (``receipt``): wake its result requests, tell everyone."""
         job_id = job.id
-        self._wake_waiters(job)
+        self._wake_waiters(job, None if owner is None else owner[1])
         kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
         self._publish_job(kind, job, None if owner is None else owner[1])
         if freed is not None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from ..db.models import Job
 from ..market.errors import InvalidState
 from ..market.jobs import compute_seconds
 from ..market.matching import JobConstraints
 from ..market.states import TERMINAL_JOB_STATES, JobStatus
 from . import jobs_models as m
-from .endpoints import Call
+from .endpoints import Call, Held
 from .errors import Forbidden
 from .jobs import JobService
 from .route import Route
@@ -23,24 +24,47 @@ def _jobs(call: Call) -> JobService:
 # ---------------------------------------------------------------------- the consumer's
 
 
-async def create_job(call: Call) -> BaseModel:
+async def create_job(call: Call) -> BaseModel | Held:
     body: m.CreateJobRequest = call.body
+    wait = call.query.wait
     user = call.caller.user
     if body.qubicAddress != user.qubic_address:
         raise Forbidden(
             "qubicAddress must be your own wallet's identity", qubicAddress=body.qubicAddress
         )
-    job, provider = await _jobs(call).create(
-        user.id,
-        request_key=call.request_key,
-        model_type=body.modelType,
-        compute_seconds=compute_seconds(body.computeNeeded),
-        constraints=JobConstraints(
-            max_price=body.maxPrice, gpu_models=tuple(body.gpuModel), min_vram=body.minVram
-        ),
-        input_data=body.inputData,
-    )
-    out = m.job_out(job, worker_id=None if provider is None else provider.worker_id)
+    jobs = _jobs(call)
+    # Watched from before it exists: a job that ends the moment it is created is seen ending.
+    watch = jobs.watch(jobs.job_id_of(call.request_key)) if wait > 0 else None
+    try:
+        job, provider = await jobs.create(
+            user.id,
+            request_key=call.request_key,
+            model_type=body.modelType,
+            compute_seconds=compute_seconds(body.computeNeeded),
+            constraints=JobConstraints(
+                max_price=body.maxPrice, gpu_models=tuple(body.gpuModel), min_vram=body.minVram
+            ),
+            input_data=body.inputData,
+        )
+    except BaseException:
+        if watch is not None:
+            watch.close()
+        raise
+    created = _created(job, None if provider is None else provider.worker_id)
+    if watch is None:
+        return created
+
+    async def ended() -> BaseModel:
+        with watch:
+            # A retried create of a job that has ended: that job, read now.
+            timeout = 0 if job.status in TERMINAL_JOB_STATES else wait
+            return _created(*await watch.end(timeout), with_result=True)
+
+    return Held(created, ended, watch.close)
+
+
+def _created(job: Job, worker_id: str | None, with_result: bool = False) -> BaseModel:
+    out = m.job_out(job, worker_id=worker_id, with_result=with_result)
     return m.CreateJobResponse(success=True, job=out, estimatedCost=job.estimated_cost)
 
 
@@ -130,9 +154,11 @@ ROUTES: tuple[Route, ...] = (
         "jobs/create",
         create_job,
         "Submit a job: its escrow (maxPrice × computeNeeded) is locked and it is assigned to the "
-        "cheapest matching offer at once, or within assignTimeout, or it fails unassignable",
+        "cheapest matching offer at once, or within assignTimeout, or it fails unassignable. "
+        "With wait=S the answer comes when the job ends (with its result), or after S seconds",
         m.CreateJobResponse,
         body=m.CreateJobRequest,
+        query=m.CreateJobQuery,
         idempotent=True,
         tag="jobs",
         errors=(402, 403, 409, 422),

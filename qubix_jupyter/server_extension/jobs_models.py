@@ -115,6 +115,23 @@ class JobListQuery(BaseModel):
 MAX_RESULT_WAIT_SECONDS = 60
 
 
+class CreateJobQuery(BaseModel):
+    """``POST jobs/create``: ``wait`` seconds to hold the answer until the job has ended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wait: float = Field(
+        default=0,
+        ge=0,
+        le=MAX_RESULT_WAIT_SECONDS,
+        allow_inf_nan=False,
+        description="seconds to hold the answer until the job ends (0: answer once it is "
+        "created); the answer is the job as it ended, with its result, or as it stands once "
+        "the wait is over. A retry under the same Idempotency-Key is answered at once, with "
+        "the job as it was created",
+    )
+
+
 class ResultQuery(BaseModel):
     """``GET jobs/{id}/result``: ``wait`` seconds to wait for an unfinished job to end."""
 

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from .endpoints import Call, Reply, TextReply
+    from .endpoints import Call, Held, Reply, TextReply
 
 API_PREFIX = "qubix/api/"
 
-Endpoint = Callable[["Call"], Awaitable["BaseModel | Reply | TextReply"]]
+Endpoint = Callable[["Call"], Awaitable["BaseModel | Held | Reply | TextReply"]]
 
 MARKET = frozenset({"market", "both"})
 EVERY_ROLE = frozenset({"market", "agent", "both"})

@@ -685,6 +685,110 @@ async def test_a_wait_is_refused_when_it_is_not_a_wait_or_not_your_job(market: M
     assert r.code == 404
 
 
+async def create_waiting(
+    market: Market, wait: Any, *, key: str | None = None, **changes: Any
+) -> HTTPResponse:
+    """``POST jobs/create?wait=``: Alice's job, the answer held until it ends."""
+    body: dict[str, Any] = {
+        "modelType": "python",
+        "computeNeeded": 0.5,
+        "inputData": {"fn": "abc"},
+        "maxPrice": 100,
+        "qubicAddress": ALICE,
+        **changes,
+    }
+    headers = {"Authorization": f"Bearer {market.alice['token']}"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return await market.fetch(  # type: ignore[no-any-return]
+        "qubix",
+        "api",
+        "jobs",
+        "create",
+        method="POST",
+        body=json.dumps(body),
+        params={"wait": wait},
+        headers=headers,
+        raise_error=False,
+    )
+
+
+async def pending_job_id(market: Market) -> str:
+    """The one job waiting for Bob's worker (its id, before the create has answered)."""
+    async with asyncio.timeout(10):
+        while True:
+            pending = body_of(await market.worker("GET", "jobs/pending/bob-1"))
+            if pending:
+                [job] = pending
+                return str(job["id"])
+            await asyncio.sleep(0.05)
+
+
+async def test_a_waiting_create_is_answered_with_the_job_as_it_ended(market: Market):
+    waiting = asyncio.ensure_future(create_waiting(market, 30, key="run-1"))
+    job_id = await pending_job_id(market)
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # held while the job runs
+    # A retry under the same key is answered at once: the job as it was created.
+    retry = await asyncio.wait_for(create_waiting(market, 30, key="run-1"), 10)
+    assert retry.code == 200, retry.body
+    assert retry.headers.get("Idempotent-Replayed") == "true"
+    assert body_of(retry)["job"]["id"] == job_id
+    assert body_of(retry)["job"]["status"] == "ASSIGNED"
+    assert body_of(retry)["job"]["result"] is None
+    assert not waiting.done()
+    assert (await market.worker("POST", f"jobs/{job_id}/complete", COMPLETE)).code == 200
+    r = await asyncio.wait_for(waiting, 10)
+    assert r.code == 200, r.body
+    answer = body_of(r)
+    assert answer["success"] is True
+    assert answer["job"]["id"] == job_id
+    assert answer["job"]["status"] == "COMPLETED"
+    assert answer["job"]["result"] == COMPLETE["result"]
+    assert answer["job"]["workerId"] == "bob-1"
+    assert answer["job"]["actualCost"] is not None
+    assert answer["estimatedCost"] == answer["job"]["estimatedCost"]
+    # Once the job has ended, a retry still gets the create's answer, and nothing moves.
+    balance = await market.balance(market.alice_id)
+    again = await create_waiting(market, 30, key="run-1")
+    assert body_of(again) == body_of(retry)
+    assert await market.balance(market.alice_id) == balance
+    assert market.services.jobs._finish_waiters == {}
+    await market.audit_ok()
+
+
+async def test_a_waiting_create_of_a_job_that_fails_says_so(market: Market):
+    waiting = asyncio.ensure_future(create_waiting(market, 30))
+    job_id = await pending_job_id(market)
+    failed = {**COMPLETE, "status": "failed", "result": None, "error": "it broke"}
+    assert (await market.worker("POST", f"jobs/{job_id}/complete", failed)).code == 200
+    r = await asyncio.wait_for(waiting, 10)
+    assert r.code == 200, r.body
+    assert body_of(r)["job"]["status"] == "FAILED"
+    assert body_of(r)["job"]["error"] == "it broke"
+    await market.audit_ok()
+
+
+async def test_a_waiting_create_that_runs_out_answers_the_job_as_it_stands(market: Market):
+    started = time.monotonic()
+    r = await create_waiting(market, 0.3)
+    assert time.monotonic() - started >= 0.3  # it was held for the wait
+    assert r.code == 200, r.body
+    assert body_of(r)["job"]["status"] == "ASSIGNED"
+    assert body_of(r)["job"]["workerId"] == "bob-1"
+    assert market.services.jobs._finish_waiters == {}
+
+
+async def test_a_waiting_create_is_refused_as_a_create_is(market: Market):
+    for bad in ("-1", "61", "nan", "inf", "soon"):
+        r = await create_waiting(market, bad)
+        assert r.code == 422, (bad, r.body)
+    r = await create_waiting(market, 30, maxPrice=10**9)  # more than Alice has: 402 at once
+    assert r.code == 402, r.body
+    assert await market.balance(market.alice_id) == 1000  # nothing created, nothing locked
+    assert market.services.jobs._finish_waiters == {}
+
+
 async def test_a_job_is_never_seen_completed_without_its_result(
     market: Market, monkeypatch: pytest.MonkeyPatch
 ):
