@@ -16,7 +16,7 @@ def progress(fraction: float) -> None:
 
 #: The consumer API (``qubix.connect``, ``qubix.submit``…), imported on first use so that
 #: ``import qubix_jupyter`` stays light.
-_API = frozenset({"connect", "submit", "map", "Job", "MarketClient", "AsyncMarketClient"})
+_API = frozenset({"connect", "submit", "run", "map", "Job", "MarketClient", "AsyncMarketClient"})
 
 
 def __getattr__(name: str) -> Any:

@@ -158,11 +158,14 @@ async def wait_for_result(client: AsyncMarketClient, job_id: str) -> Any:
             break
         except Conflict:  # not finished within the wait
             continue
-    if answer.status != "COMPLETED":
-        raise JobFailed(
-            409, answer.status.lower(), answer.error or f"job {answer.status}", body=answer.raw
-        )
-    return decode_result(answer.result)
+    return _outcome(answer.status, answer.result, answer.error, answer.raw)
+
+
+def _outcome(status: str, result: Any, error: str | None, raw: dict[str, Any]) -> Any:
+    """A finished job's result; JobFailed if it failed or was cancelled."""
+    if status != "COMPLETED":
+        raise JobFailed(409, status.lower(), error or f"job {status}", body=raw)
+    return decode_result(result)
 
 
 def submit(
@@ -191,6 +194,41 @@ def submit(
     )
     assert created.job is not None
     return Job(market, created.job)
+
+
+def run(
+    fn: Callable[..., Any],
+    *args: Any,
+    gpu: str | Iterable[str] | None = None,
+    min_vram: float | None = None,
+    max_price: int,
+    hours: float = 0.25,
+    timeout: float | None = None,
+    client: MarketClient | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``fn(*args, **kwargs)`` run on a rented GPU: its result (or JobFailed, ResultTimeout).
+
+    One exchange with the market for a job that ends within ``RESULT_WAIT_SECONDS``: the
+    create's answer is held until the job ends and carries its result. A longer job is then
+    waited for as :meth:`Job.result` does, ``timeout`` seconds in all.
+    """
+    market = client or default_client()
+    wait = RESULT_WAIT_SECONDS if timeout is None else min(RESULT_WAIT_SECONDS, timeout)
+    created = market.create_job(
+        "python",
+        encode_python_job(fn, args, kwargs),
+        compute_needed=hours,
+        max_price=max_price,
+        gpu_model=gpu,
+        min_vram=min_vram,
+        wait=wait,
+    )
+    info = created.job
+    assert info is not None
+    if info.terminal:
+        return _outcome(info.status, info.result, info.error, info.raw)
+    return Job(market, info).result(None if timeout is None else max(0.0, timeout - wait))
 
 
 def map(

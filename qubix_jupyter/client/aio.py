@@ -541,10 +541,13 @@ class AsyncMarketClient:
         gpu_model: str | Iterable[str] | None = None,
         min_vram: float | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
     ) -> JobCreated:
         """``POST jobs/create``: locks ``max_price × compute_needed`` (hours) in escrow.
 
         Raises InsufficientFunds (402) when the wallet cannot cover it; nothing is locked then.
+        ``wait``: seconds (at most 60) the market holds the answer until the job ends; the job
+        then comes back as it ended, with its result (``job.terminal``), else as it stands.
         """
         models = [gpu_model] if isinstance(gpu_model, str) else gpu_model
         body = _drop_none(
@@ -562,7 +565,9 @@ class AsyncMarketClient:
             "POST",
             "jobs/create",
             json=body,
+            params={"wait": wait} if wait else None,
             idempotency_key=idempotency_key or new_idempotency_key(),
+            http_timeout=self.timeout + wait if wait else None,
         )
         return JobCreated.from_json(answer)
 

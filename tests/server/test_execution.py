@@ -18,6 +18,9 @@ import pytest
 from sqlalchemy import select
 
 from qubix_jupyter.api import decode_result, encode_python_job
+from qubix_jupyter.api import run as qubix_run
+from qubix_jupyter.client import MarketClient
+from qubix_jupyter.client.errors import JobFailed
 from qubix_jupyter.db.ledger import audit
 from qubix_jupyter.db.models import Account, Job, Transaction
 from qubix_jupyter.market.states import AccountKind, EntryType
@@ -241,6 +244,47 @@ async def test_a_job_that_finishes_at_once_shows_its_progress_before_it_complete
     assert reported[-1] == 100
     last_progress = max(i for i, t in enumerate(types) if t == "JOB_PROGRESS")
     assert "JOB_COMPLETED" in types[last_progress:], types
+
+
+def fails() -> None:
+    raise ValueError("no such luck")
+
+
+@sqlite_only
+async def test_run_gives_a_jobs_result_in_one_exchange(market: Market):
+    """``qubix.run``: the create's answer is held until the job has ended and carries its
+    result; a job whose code raised is JobFailed with its error."""
+    await market.provider("exec-run")
+    client = MarketClient(market.url, token=market.alice["token"])
+    metrics = market.services.metrics
+    try:
+        creates = _requests(metrics, "jobs/create")
+        results = _requests(metrics, "jobs/{jobId}/result")
+        answer = await asyncio.to_thread(
+            qubix_run, slow_sum, 10, 0.2, client=client, max_price=PRICE * 2, hours=0.01
+        )
+        assert answer == 45
+        assert _requests(metrics, "jobs/create") == creates + 1
+        assert _requests(metrics, "jobs/{jobId}/result") == results  # none asked for
+        with pytest.raises(JobFailed) as failed:
+            await asyncio.to_thread(
+                qubix_run, fails, client=client, max_price=PRICE * 2, hours=0.01
+            )
+        assert "no such luck" in str(failed.value)
+    finally:
+        await asyncio.to_thread(client.close)
+    assert market.services.jobs._finish_waiters == {}
+    await market.audit_ok()
+
+
+def _requests(metrics: Any, path: str) -> int:
+    """Requests the market answered on a route (its qubix_http_requests counter)."""
+    return sum(
+        int(sample.value)
+        for family in metrics.requests.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels["route"].endswith(path)
+    )
 
 
 @sqlite_only
