@@ -271,7 +271,8 @@ class Standby:
     thread may end while the child it started waits. :meth:`take` hands the waiting child over
     (None when none is ready yet: the caller starts one itself); the next one is started
     :data:`REFILL_AFTER_JOB_S` after that job ends (:meth:`job_ended`), or
-    :data:`REFILL_DURING_JOB_S` after it was taken, whichever comes first.
+    :data:`REFILL_DURING_JOB_S` after it was taken, whichever comes first; at once when none
+    was ready (jobs back to back).
     """
 
     def __init__(self) -> None:
@@ -310,17 +311,15 @@ class Standby:
             if spare is not None:
                 _discard(spare)
 
-    def _due_in(self, seconds: float) -> None:
-        with self._changed:
-            due = time.monotonic() + seconds
-            if self._ready is None and (self._due is None or due < self._due):
-                self._due = due
-                self._changed.notify()
-
     def take(self) -> _Started | None:
         with self._changed:
             ready, self._ready = self._ready, None
-        self._due_in(REFILL_DURING_JOB_S)
+            # A job runs from now: the next child waits for its end (or a long run). A job
+            # that found none ready came right after another (a burst): the next one starts
+            # at once, so that the job after it finds one.
+            if self._due is not None or ready is not None:
+                self._due = time.monotonic() + (0 if ready is None else REFILL_DURING_JOB_S)
+            self._changed.notify()
         if ready is not None and ready[0].poll() is not None:  # it died waiting (the OOM killer)
             _discard(ready)
             return None
@@ -328,7 +327,11 @@ class Standby:
 
     def job_ended(self) -> None:
         """The job of the last :meth:`take` has ended: the next child starts shortly."""
-        self._due_in(REFILL_AFTER_JOB_S)
+        with self._changed:
+            due = time.monotonic() + REFILL_AFTER_JOB_S
+            if self._ready is None and (self._due is None or due < self._due):
+                self._due = due
+                self._changed.notify()
 
     def close(self) -> None:
         with self._changed:

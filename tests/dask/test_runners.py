@@ -325,6 +325,38 @@ def test_the_next_child_starts_once_the_job_that_took_one_ends(
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_job_that_found_no_child_ready_has_the_next_one_started_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Jobs back to back: the one that had to start its own child leaves the next one
+    starting while it runs, so the job after it finds one."""
+    import time
+
+    monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 60.0)
+    monkeypatch.setattr(runners, "REFILL_AFTER_JOB_S", 30.0)
+    runners.close_standby()
+    before = _children(os.getpid())
+    taken = None
+    try:
+        standby = runners.standby()
+        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+        time.sleep(0.2)
+        taken = standby.take()
+        assert taken is not None
+        standby.job_ended()
+        assert standby.take() is None  # the next job came before one was due
+        _wait_for(
+            "no child started for the job after the one that found none",
+            lambda: _children(os.getpid()) - before - {first},
+            timeout=2,
+        )
+    finally:
+        if taken is not None:
+            runners._discard(taken)
+        runners.close_standby()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_long_job_has_the_next_child_started_while_it_runs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
