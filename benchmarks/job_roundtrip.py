@@ -3,8 +3,10 @@
 Starts ``qubix serve`` (jobs executed on the embedded scheduler) on a fresh PostgreSQL cluster,
 two CPU providers through :class:`ProviderLauncher` (``qubix provide``), and measures
 
-* ``roundtrip``: a no-op ``python`` job, submit → result through the market API (create, then
-  ``GET jobs/{id}/result?wait=``, answered when the job ends), against ``raw_execute``: the
+* ``roundtrip``: a no-op ``python`` job, submit → result through the market API in one exchange
+  (``POST jobs/create?wait=``, answered when the job ends, as ``qubix.run`` does; in the idle
+  phase also ``two_calls``: the create, then ``GET jobs/{id}/result?wait=``), against
+  ``raw_execute``: the
   same no-op through the same runner task (``dispatch.execute``: the job's child process)
   submitted with ``client.submit`` to a plain scheduler and a worker started the way the
   launcher starts one, and ``raw_submit``: a bare
@@ -37,7 +39,7 @@ from typing import Any
 
 from distributed import Client
 
-from qubix_jupyter.api import encode_python_job
+from qubix_jupyter.api import decode_result, encode_python_job
 from qubix_jupyter.client import MarketClient
 from qubix_jupyter.dask_provider.dispatch import execute
 from qubix_jupyter.dask_provider.gpu import HardwareReport
@@ -273,11 +275,27 @@ def main() -> None:
             times = {"assigned": [], "started": [], "ran": [], "api": []}
 
             def market_roundtrip() -> float:
+                """One exchange: the create's answer held until the job ends (``qubix.run``)."""
+                start = time.monotonic()
+                created = bench.consumer.create_job(
+                    "python", payload, compute_needed=0.01, max_price=PRICE * 2, wait=60
+                )
+                seconds = time.monotonic() - start
+                assert created.job is not None
+                assert created.job.status == "COMPLETED", created
+                assert decode_result(created.job.result) is None
+                return timed(created.job.id, seconds)
+
+            def two_calls() -> float:
+                """The create, then ``GET jobs/{id}/result?wait=`` (``submit`` then ``result``)."""
                 start = time.monotonic()
                 job_id = bench.job(payload)
                 answer = bench.consumer.job_result(job_id, wait=60)
                 seconds = time.monotonic() - start
                 assert answer.status == "COMPLETED", answer
+                return seconds
+
+            def timed(job_id: str, seconds: float) -> float:
                 job = bench.consumer.job(job_id)  # its times, after the clock stopped
                 times["assigned"].append((job.assigned_at - job.created_at).total_seconds())
                 times["started"].append((job.started_at - job.created_at).total_seconds())
@@ -288,12 +306,15 @@ def main() -> None:
             roundtrip = [market_roundtrip() for _ in range(args.jobs)]
             raw_execute = [raw.execute(raw_payload) for _ in range(args.jobs)]
             raw_submit = [raw.submit() for _ in range(args.jobs)]
-            idle: dict[str, list[float]] = {"roundtrip": [], "raw_execute": [], "raw_submit": []}
+            idle: dict[str, list[float]] = {
+                "roundtrip": [], "raw_execute": [], "raw_submit": [], "two_calls": []
+            }  # fmt: skip
             for _ in range(args.jobs):
                 for name, call in (
                     ("raw_execute", lambda: raw.execute(raw_payload)),
                     ("raw_submit", raw.submit),
                     ("roundtrip", market_roundtrip),
+                    ("two_calls", two_calls),
                 ):
                     time.sleep(args.gap)
                     idle[name].append(call())
