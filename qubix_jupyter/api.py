@@ -184,6 +184,21 @@ def submit(
     most; ``hours``: the time budget (escrow ``max_price × hours`` is locked until it ends).
     """
     market = client or default_client()
+    return Job(market, _create(market, fn, args, kwargs, gpu, min_vram, max_price, hours))
+
+
+def _create(
+    market: MarketClient,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    gpu: str | Iterable[str] | None,
+    min_vram: float | None,
+    max_price: int,
+    hours: float,
+    wait: float | None = None,
+) -> JobInfo:
+    """A ``python`` job of ``fn(*args, **kwargs)``: the job as the create's answer gives it."""
     created = market.create_job(
         "python",
         encode_python_job(fn, args, kwargs),
@@ -191,9 +206,10 @@ def submit(
         max_price=max_price,
         gpu_model=gpu,
         min_vram=min_vram,
+        wait=wait,
     )
     assert created.job is not None
-    return Job(market, created.job)
+    return created.job
 
 
 def run(
@@ -215,17 +231,7 @@ def run(
     """
     market = client or default_client()
     wait = RESULT_WAIT_SECONDS if timeout is None else min(RESULT_WAIT_SECONDS, timeout)
-    created = market.create_job(
-        "python",
-        encode_python_job(fn, args, kwargs),
-        compute_needed=hours,
-        max_price=max_price,
-        gpu_model=gpu,
-        min_vram=min_vram,
-        wait=wait,
-    )
-    info = created.job
-    assert info is not None
+    info = _create(market, fn, args, kwargs, gpu, min_vram, max_price, hours, wait)
     if info.terminal:
         return _outcome(info.status, info.result, info.error, info.raw)
     return Job(market, info).result(None if timeout is None else max(0.0, timeout - wait))

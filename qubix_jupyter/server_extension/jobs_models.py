@@ -115,20 +115,23 @@ class JobListQuery(BaseModel):
 MAX_RESULT_WAIT_SECONDS = 60
 
 
+def _wait(description: str) -> Any:
+    """A ``wait`` query parameter: seconds, 0 to MAX_RESULT_WAIT_SECONDS."""
+    return Field(
+        default=0, ge=0, le=MAX_RESULT_WAIT_SECONDS, allow_inf_nan=False, description=description
+    )
+
+
 class CreateJobQuery(BaseModel):
     """``POST jobs/create``: ``wait`` seconds to hold the answer until the job has ended."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    wait: float = Field(
-        default=0,
-        ge=0,
-        le=MAX_RESULT_WAIT_SECONDS,
-        allow_inf_nan=False,
-        description="seconds to hold the answer until the job ends (0: answer once it is "
-        "created); the answer is the job as it ended, with its result, or as it stands once "
-        "the wait is over. A retry under the same Idempotency-Key is answered at once, with "
-        "the job as it was created",
+    wait: float = _wait(
+        "seconds to hold the answer until the job ends (0: answer once it is created); the "
+        "answer is the job as it ended, with its result, or as it stands once the wait is "
+        "over. A retry under the same Idempotency-Key is answered at once, with the job as it "
+        "was created"
     )
 
 
@@ -137,13 +140,9 @@ class ResultQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    wait: float = Field(
-        default=0,
-        ge=0,
-        le=MAX_RESULT_WAIT_SECONDS,
-        allow_inf_nan=False,
-        description="seconds to hold the answer while the job is not finished (0: answer now); "
-        "it comes the moment the job ends, or as 409 once the wait is over",
+    wait: float = _wait(
+        "seconds to hold the answer while the job is not finished (0: answer now); it comes "
+        "the moment the job ends, or as 409 once the wait is over"
     )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -291,97 +293,81 @@ def test_a_job_takes_a_child_started_ahead_and_no_child_runs_two_jobs() -> None:
         runners.close_standby()
 
 
+@dataclasses.dataclass
+class _Taken:
+    """A fresh standby whose first child a job has just taken (``first``, its pid)."""
+
+    standby: runners.Standby
+    first: int
+    before: set[int]
+
+    def started(self) -> set[int]:
+        """Children started since, the taken one left out."""
+        return _children(os.getpid()) - self.before - {self.first}
+
+
+@pytest.fixture
+def taken() -> Iterator[_Taken]:
+    import time
+
+    runners.close_standby()
+    before = _children(os.getpid())
+    handed = None
+    try:
+        standby = runners.standby()
+        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
+        time.sleep(0.2)  # handed over once its start returned, a moment after it appears
+        handed = standby.take()
+        assert handed is not None
+        assert handed[0].pid == first
+        yield _Taken(standby, first, before)
+    finally:
+        if handed is not None:
+            runners._discard(handed)
+        runners.close_standby()
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_the_next_child_starts_once_the_job_that_took_one_ends(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """A child's start does not compete with the job that took the last one: the next starts
     after that job ends (or once it has run ``REFILL_DURING_JOB_S``)."""
     import time
 
     monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 60.0)
-    runners.close_standby()
-    before = _children(os.getpid())
-    taken = None
-    try:
-        standby = runners.standby()
-        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
-        time.sleep(0.2)  # handed over once its start returned
-        taken = standby.take()
-        assert taken is not None
-        assert taken[0].pid == first
-        time.sleep(runners.REFILL_AFTER_JOB_S * 10)
-        assert _children(os.getpid()) - before == {first}  # none started while the job runs
-        standby.job_ended()
-        [second] = _wait_for(
-            "no child started after the job ended",
-            lambda: _children(os.getpid()) - before - {first},
-        )
-        assert second != first
-    finally:
-        if taken is not None:
-            runners._discard(taken)
-        runners.close_standby()
+    job: _Taken = request.getfixturevalue("taken")
+    time.sleep(runners.REFILL_AFTER_JOB_S * 10)
+    assert not job.started()  # none started while the job runs
+    job.standby.job_ended()
+    _wait_for("no child started after the job ended", job.started)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_job_that_found_no_child_ready_has_the_next_one_started_at_once(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """Jobs back to back: the one that had to start its own child leaves the next one
     starting while it runs, so the job after it finds one."""
-    import time
-
     monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 60.0)
     monkeypatch.setattr(runners, "REFILL_AFTER_JOB_S", 30.0)
-    runners.close_standby()
-    before = _children(os.getpid())
-    taken = None
-    try:
-        standby = runners.standby()
-        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
-        time.sleep(0.2)
-        taken = standby.take()
-        assert taken is not None
-        standby.job_ended()
-        assert standby.take() is None  # the next job came before one was due
-        _wait_for(
-            "no child started for the job after the one that found none",
-            lambda: _children(os.getpid()) - before - {first},
-            timeout=2,
-        )
-    finally:
-        if taken is not None:
-            runners._discard(taken)
-        runners.close_standby()
+    job: _Taken = request.getfixturevalue("taken")
+    job.standby.job_ended()
+    assert job.standby.take() is None  # the next job came before one was due
+    _wait_for("no child started for the job after the one that found none", job.started, 2)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_long_job_has_the_next_child_started_while_it_runs(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     import time
 
     monkeypatch.setattr(runners, "REFILL_DURING_JOB_S", 0.5)
-    runners.close_standby()
-    before = _children(os.getpid())
-    taken = None
-    try:
-        standby = runners.standby()
-        [first] = _wait_for("no standby child started", lambda: _children(os.getpid()) - before)
-        time.sleep(0.2)
-        taken = standby.take()
-        assert taken is not None
-        took = time.monotonic()
-        _wait_for(
-            "no child started while the job ran",
-            lambda: _children(os.getpid()) - before - {first},
-        )
-        assert time.monotonic() - took >= 0.5
-    finally:
-        if taken is not None:
-            runners._discard(taken)
-        runners.close_standby()
+    job: _Taken = request.getfixturevalue("taken")
+    took = time.monotonic()
+    _wait_for("no child started while the job ran", job.started)
+    assert time.monotonic() - took >= 0.4  # taken a moment before ``took``
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")

@@ -92,22 +92,26 @@ class Market:
     async def create(
         self, *, key: str | None = None, token: str | None = None, **changes: Any
     ) -> HTTPResponse:
-        body: dict[str, Any] = {
+        headers = {} if key is None else {"Idempotency-Key": key}
+        return await self.api(
+            "POST",
+            "jobs/create",
+            json_body=self.job_body(**changes),
+            token=token or self.alice["token"],
+            headers=headers,
+        )
+
+    @staticmethod
+    def job_body(**changes: Any) -> dict[str, Any]:
+        """A create's body: Alice's ``python`` job, 0.5 h at 100 QU/h at most, with changes."""
+        return {
             "modelType": "python",
             "computeNeeded": 0.5,
             "inputData": {"fn": "abc"},
             "maxPrice": 100,
             "qubicAddress": ALICE,
+            **changes,
         }
-        body.update(changes)
-        headers = {} if key is None else {"Idempotency-Key": key}
-        return await self.api(
-            "POST",
-            "jobs/create",
-            json_body=body,
-            token=token or self.alice["token"],
-            headers=headers,
-        )
 
     async def worker(
         self, method: str, path: str, body: Any = None, *, key: str | None = None
@@ -689,14 +693,6 @@ async def create_waiting(
     market: Market, wait: Any, *, key: str | None = None, **changes: Any
 ) -> HTTPResponse:
     """``POST jobs/create?wait=``: Alice's job, the answer held until it ends."""
-    body: dict[str, Any] = {
-        "modelType": "python",
-        "computeNeeded": 0.5,
-        "inputData": {"fn": "abc"},
-        "maxPrice": 100,
-        "qubicAddress": ALICE,
-        **changes,
-    }
     headers = {"Authorization": f"Bearer {market.alice['token']}"}
     if key is not None:
         headers["Idempotency-Key"] = key
@@ -706,7 +702,7 @@ async def create_waiting(
         "jobs",
         "create",
         method="POST",
-        body=json.dumps(body),
+        body=json.dumps(market.job_body(**changes)),
         params={"wait": wait},
         headers=headers,
         raise_error=False,
