@@ -61,6 +61,7 @@ from ..market.states import (
     check_transition,
 )
 from . import jobs_models as m
+from . import periodic
 from .errors import Forbidden
 from .events import EventHub
 from .marketplace_endpoints import offer_out
@@ -209,6 +210,7 @@ class JobService:
         self._assigning = asyncio.Lock()
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._hook_tasks: set[asyncio.Task[None]] = set()
         #: job id → the requests waiting for it to end (``finished``), answered with the job.
         self._finish_waiters: dict[str, set[asyncio.Future[tuple[Job, str | None]]]] = {}
@@ -537,23 +539,25 @@ class JobService:
     def start(self) -> None:
         """Run :meth:`sweep` every ``sweep_interval`` seconds (sooner when a provider frees)."""
         if self._runner is None:
-            self._runner = asyncio.get_running_loop().create_task(self._run())
+            self._stopping = asyncio.Event()
+            self._runner = asyncio.get_running_loop().create_task(self._run(self._stopping))
 
     async def stop(self) -> None:
+        """End the sweeps; a pass under way finishes first (see :mod:`.periodic`)."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            self._stopping.set()
+            self._wake.set()
+            await periodic.finish(runner)
 
-    async def _run(self) -> None:
-        while True:
+    async def _run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
             try:
                 await self.sweep()
-            except asyncio.CancelledError:
-                raise
             except Exception:  # one bad pass must not stop the assigner; it is logged
                 log.exception("QUBIX job assigner: sweep failed")
+            if stopping.is_set():
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.sweep_interval)

@@ -36,7 +36,7 @@ from ..db import liveness as db
 from ..db.models import Provider, utcnow
 from ..market.events import EventType
 from ..market.liveness import LivenessPolicy, ProviderStatus, flags_after, status_of
-from . import provider_events
+from . import periodic, provider_events
 from .batching import SharedReads
 from .events import EventHub
 from .marketplace_endpoints import offer_out
@@ -117,6 +117,7 @@ class HeartbeatBuffer:
         self._sampled: dict[str, dt.datetime] = {}
         self._turn = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._last_prune: dt.datetime | None = None
         #: Called with the workerIds each liveness check took offline (their jobs move on).
         self.on_offline: list[Callable[[list[str]], Awaitable[object]]] = []
@@ -253,17 +254,19 @@ class HeartbeatBuffer:
         """Start flushing and monitoring on the running loop (again: nothing more)."""
         if self._tasks:
             return
+        self._stopping = stopping = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(self._every(self.policy.flush_interval, self.flush)),
-            asyncio.create_task(self._every(self.policy.monitor_interval, self._monitor)),
+            asyncio.create_task(self._every(stopping, self.policy.flush_interval, self.flush)),
+            asyncio.create_task(self._every(stopping, self.policy.monitor_interval, self._monitor)),
         ]
 
     async def stop(self) -> None:
-        """Stop the periodic tasks and write what is still buffered."""
+        """Stop the periodic tasks (a pass under way finishes) and write what is buffered."""
         tasks, self._tasks = self._tasks, []
+        if tasks:
+            self._stopping.set()
         for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            await periodic.finish(task)
         try:
             await self.flush()
         except (SQLAlchemyError, OSError) as exc:
@@ -271,9 +274,10 @@ class HeartbeatBuffer:
             log.error("QUBIX liveness: %d heartbeats not written at stop: %s", self.pending, exc)
 
     @staticmethod
-    async def _every(seconds: float, step: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await asyncio.sleep(seconds)
+    async def _every(
+        stopping: asyncio.Event, seconds: float, step: Callable[[], Awaitable[object]]
+    ) -> None:
+        while not await periodic.pause(stopping, seconds):
             try:
                 await step()
             except Exception:

@@ -9,7 +9,6 @@ and tells each affected user's ``wallet`` channel that the balance changed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ from ..market.errors import QubixError
 from ..market.events import EventType
 from ..market.payouts import PayoutState, PayoutStatus
 from ..settlement.backends import MemoryBackend, SettlementBackend
+from . import periodic
 from .events import EventHub
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class SettlementService:
         self.backend = backend
         self._events = events
         self._runner: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         #: request key → chain tx of a simulated deposit: a retried request mints nothing new.
         self._simulated: dict[str, str] = {}
 
@@ -130,19 +131,23 @@ class SettlementService:
         if self._runner is not None and not self._runner.done():
             return
 
+        self._stopping = stopping = asyncio.Event()
+
         async def loop() -> None:
             while True:
                 await self.settle_once()
-                await asyncio.sleep(interval_s)
+                if await periodic.pause(stopping, interval_s):
+                    return
 
         self._runner = asyncio.get_running_loop().create_task(loop(), name="qubix-settlement")
 
     async def stop(self) -> None:
+        """End the rounds (a round under way finishes, see :mod:`.periodic`); close the
+        backend."""
         runner, self._runner = self._runner, None
         if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            self._stopping.set()
+            await periodic.finish(runner)
         await self.backend.aclose()
 
 

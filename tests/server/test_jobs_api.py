@@ -21,6 +21,7 @@ from tornado.websocket import WebSocketClientConnection
 from qubix_jupyter.db.ledger import audit
 from qubix_jupyter.db.models import Job, Provider, Transaction
 from qubix_jupyter.market.matching import Assign, Fail
+from qubix_jupyter.server_extension import periodic
 from qubix_jupyter.server_extension.handlers import SERVICES
 from qubix_jupyter.server_extension.services import Services
 from qubix_jupyter.settlement.keys import KeyPair
@@ -783,6 +784,44 @@ async def test_a_waiting_create_is_refused_as_a_create_is(market: Market):
     assert r.code == 402, r.body
     assert await market.balance(market.alice_id) == 1000  # nothing created, nothing locked
     assert market.services.jobs._finish_waiters == {}
+
+
+async def test_stopping_the_assigner_lets_a_sweep_under_way_finish(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+):
+    """A sweep cancelled mid-statement could leave its connection checked out and never
+    closed: stop waits for the pass under way, and cancels only one stuck past the grace."""
+    jobs = services.jobs
+    await jobs.stop()  # the extension's own sweeps
+    entered, release = asyncio.Event(), asyncio.Event()
+    finished: list[bool] = []
+
+    async def slow_sweep() -> None:
+        entered.set()
+        await release.wait()
+        finished.append(True)
+
+    monkeypatch.setattr(jobs, "sweep", slow_sweep)
+    try:
+        jobs.start()
+        await asyncio.wait_for(entered.wait(), 5)
+        stopping = asyncio.ensure_future(jobs.stop())
+        await asyncio.sleep(0.2)
+        assert not stopping.done()  # the pass under way is let finish
+        release.set()
+        await asyncio.wait_for(stopping, 5)
+        assert finished == [True]
+
+        monkeypatch.setattr(periodic, "STOP_GRACE_SECONDS", 0.2)
+        entered.clear()
+        release.clear()
+        jobs.start()
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.wait_for(jobs.stop(), 5)  # stuck: cancelled after the grace
+        assert finished == [True]
+    finally:
+        monkeypatch.undo()
+        jobs.start()  # as the extension had it, for its own stop
 
 
 async def test_a_job_is_never_seen_completed_without_its_result(
