@@ -41,6 +41,7 @@ from ..db.ledger import Ledger
 from ..db.settlement_store import SettlementStore
 from ..market.liveness import InvalidLivenessPolicy, LivenessPolicy
 from ..settlement.backends import SettlementBackend, SettlementNotConfigured, make_backend
+from . import periodic
 from .agent import AgentService
 from .agent_endpoints import AGENT
 from .auth import AuthService, RateLimiter
@@ -644,10 +645,17 @@ class QubixExtension(ExtensionApp):
         )
 
     async def _start_execution(self, execution: ExecutionService) -> None:
+        if getattr(self, "_stopping", False):
+            return  # stopped before the loop came to it
+        # Kept so that a stop waits for it: a start still reconciling when the engine is
+        # disposed would go on to open a connection that nobody closes.
+        self._execution_starting = asyncio.current_task()
         try:
             await execution.start()
         except Exception as exc:  # the API serves on; jobs wait for a scheduler
             self.log.error("QUBIX scheduler not started: %s", exc)
+        finally:
+            self._execution_starting = None
 
     def initialize_handlers(self) -> None:
         table = by_path(self.routes)
@@ -687,6 +695,8 @@ class QubixExtension(ExtensionApp):
             self.log.warning("QUBIX events: could not save the hub state: %s", exc)
 
     async def stop_extension(self) -> None:
+        self._stopping = True
+        await periodic.finish(getattr(self, "_execution_starting", None))
         services = getattr(self, "services", None)
         if services is not None and services.agent is not None:
             await services.agent.close()  # its workers drain while the market still answers

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import tomllib
 from pathlib import Path
@@ -143,3 +144,29 @@ class TestSwappableAuthService:
         session = await login(api)
         assert session["success"] is True
         assert CountingAuthService.challenges_issued == before + 1
+
+
+async def test_a_stop_waits_for_the_scheduler_start_under_way(api: Api, jp_serverapp: Any):
+    """A start still reconciling when the engine is disposed would open a connection that
+    nobody closes: the stop lets it finish first, and a start that comes after does nothing."""
+    [extension] = jp_serverapp.extension_manager.extension_apps["qubix_jupyter"]
+    release = asyncio.Event()
+    started: list[str] = []
+
+    class SlowStart:
+        async def start(self) -> None:
+            started.append("begun")
+            await release.wait()
+            started.append("ended")
+
+    starting = asyncio.ensure_future(extension._start_execution(SlowStart()))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(extension.stop_extension())
+    await asyncio.sleep(0.3)
+    assert not stopping.done()  # waiting for the start under way
+    release.set()
+    await asyncio.wait_for(stopping, 30)
+    await starting
+    assert started == ["begun", "ended"]
+    await extension._start_execution(SlowStart())  # after the stop: nothing starts
+    assert started == ["begun", "ended"]
