@@ -106,6 +106,10 @@ class QubixExtension(ExtensionApp):
     name = "qubix"
     description = __doc__
     load_other_extensions = True
+    #: Set by :meth:`stop_extension`: a scheduler start that comes after it does nothing.
+    _stopping = False
+    #: The scheduler start under way (:meth:`_start_execution`), which a stop waits for.
+    _execution_starting: asyncio.Task[None] | None = None
 
     database_url = Unicode(
         config=True,
@@ -645,7 +649,7 @@ class QubixExtension(ExtensionApp):
         )
 
     async def _start_execution(self, execution: ExecutionService) -> None:
-        if getattr(self, "_stopping", False):
+        if self._stopping:
             return  # stopped before the loop came to it
         # Kept so that a stop waits for it: a start still reconciling when the engine is
         # disposed would go on to open a connection that nobody closes.
@@ -696,7 +700,7 @@ class QubixExtension(ExtensionApp):
 
     async def stop_extension(self) -> None:
         self._stopping = True
-        await periodic.finish(getattr(self, "_execution_starting", None))
+        await periodic.finish(self._execution_starting)
         services = getattr(self, "services", None)
         if services is not None and services.agent is not None:
             await services.agent.close()  # its workers drain while the market still answers

@@ -22,12 +22,12 @@ async def pause(stopping: asyncio.Event, seconds: float) -> bool:
     return stopping.is_set()
 
 
-async def finish(task: asyncio.Task[None] | None, grace: float | None = None) -> None:
-    """Wait for a loop told to stop to end; cancel it when it takes over ``grace`` seconds."""
+async def finish(task: asyncio.Task[None] | None) -> None:
+    """Wait for a loop told to stop to end; cancel it past ``STOP_GRACE_SECONDS``."""
     if task is None or task.done():
         return
     try:
-        await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS if grace is None else grace)
+        await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
     except TimeoutError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
