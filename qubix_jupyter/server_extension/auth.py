@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from ..db.auth_store import AuthStore, ProvisionRecord, TokenOwner, WorkerOwner
+from ..db.jobs import utc
 from ..db.models import User
 from ..market.credentials import PROVISION_TOKEN_PREFIX, WORKER_TOKEN_PREFIX
 from ..settlement.wallet import verify_challenge
@@ -82,6 +83,10 @@ class AuthService:
         self._clock = clock
         #: worker token hash → (its provider, monotonic time until which the lookup stands)
         self._workers: dict[str, tuple[WorkerOwner, float]] = {}
+        #: market token hash → (its owner, monotonic time until which the lookup stands)
+        self._tokens: dict[str, tuple[TokenOwner, float]] = {}
+        #: Revokes begun in this process: a lookup that overlapped one is not cached.
+        self._revokes = 0
         #: Lookups of market tokens, many in one query when they come together (a wave of
         #: clients reconnecting and resubscribing after a restart); each checks the expiry at
         #: the time of its read, which began after every caller in it asked.
@@ -139,9 +144,21 @@ class AuthService:
                 "a provisioning token only registers providers (POST providers/quick-register); "
                 "this route takes the market token from wallet connect"
             )
-        owner = await self._token_lookups.get(token_hash(token))
+        hashed = token_hash(token)
+        cache = self._tokens
+        now = time.monotonic()
+        cached = cache.get(hashed)
+        if cached is not None and cached[1] > now and utc(cached[0].expires_at) > self._clock():
+            return cached[0]
+        revokes = self._revokes
+        owner = await self._token_lookups.get(hashed)
         if owner is None:
+            cache.pop(hashed, None)
             raise Unauthorized("unknown, expired or revoked token: connect the wallet again")
+        if revokes == self._revokes:  # no revoke ran meanwhile: the answer may be stale
+            if len(cache) > 100_000:
+                cache.clear()
+            cache[hashed] = (owner, now + self.TOKEN_CACHE_SECONDS)
         return owner
 
     # ------------------------------------------------------------------ provisioning tokens
@@ -191,8 +208,28 @@ class AuthService:
     async def revoke_provision_token(self, user_id: str, token_id: str) -> ProvisionRecord | None:
         return await self._store.revoke_provision_token(user_id, token_id, now=self._clock())
 
+    #: Seconds a looked-up market token is trusted without asking the database again: every
+    #: call of a consumer (a job's create, its result, the listing) otherwise starts with that
+    #: read. A revoke through this market forgets the token at once, and the expiry is checked
+    #: on every use; only a token revoked behind the market's back (another market process on
+    #: the same database) is honoured for up to this long.
+    TOKEN_CACHE_SECONDS = 5.0
+
     async def revoke(self, owner: TokenOwner) -> bool:
-        return await self._store.revoke(owner.token_id, now=self._clock())
+        self._revokes += 1
+        self._forget_token(owner.token_id)
+        try:
+            return await self._store.revoke(owner.token_id, now=self._clock())
+        finally:
+            # Again: a lookup begun during the revoke may have read the token before the
+            # revoke committed and cached it meanwhile.
+            self._revokes += 1
+            self._forget_token(owner.token_id)
+
+    def _forget_token(self, token_id: str) -> None:
+        cache = self._tokens
+        for key in [k for k, (owner, _) in cache.items() if owner.token_id == token_id]:
+            del cache[key]
 
     # ------------------------------------------------------------------ worker tokens
 

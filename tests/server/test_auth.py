@@ -182,6 +182,82 @@ async def test_an_expired_token_is_401(api: Api, database_url: DatabaseURL):
     assert (await api("GET", "me", token=session["token"])).code == 401
 
 
+async def test_a_token_used_again_is_not_looked_up_again(api: Api, jp_serverapp):
+    services = jp_serverapp.web_app.settings[SERVICES]
+    token = (await login(api))["token"]
+    lookups = _count_token_lookups(services)
+    try:
+        for _ in range(3):
+            assert (await api("GET", "me", token=token)).code == 200
+    finally:
+        lookups.close()
+    assert lookups.count == 1
+
+
+async def test_a_cached_token_past_its_expiry_is_401(
+    api: Api, jp_serverapp, monkeypatch: pytest.MonkeyPatch
+):
+    auth = jp_serverapp.web_app.settings[SERVICES].auth
+    token = (await login(api))["token"]
+    assert (await api("GET", "me", token=token)).code == 200  # looked up: cached now
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=400)
+    monkeypatch.setattr(auth, "_clock", lambda: later)
+    assert (await api("GET", "me", token=token)).code == 401
+
+
+async def test_a_token_revoked_behind_the_markets_back_is_401_once_its_lookup_is_stale(
+    api: Api, jp_serverapp, database_url: DatabaseURL, monkeypatch: pytest.MonkeyPatch
+):
+    auth = jp_serverapp.web_app.settings[SERVICES].auth
+    monkeypatch.setattr(auth, "TOKEN_CACHE_SECONDS", 0.3)
+    token = (await login(api))["token"]
+    assert (await api("GET", "me", token=token)).code == 200
+    await execute_sql(database_url.url, "UPDATE api_tokens SET revoked_at = :t", t=PAST)
+    await asyncio.sleep(0.35)
+    assert (await api("GET", "me", token=token)).code == 401
+
+
+async def test_a_lookup_overlapping_a_revoke_is_not_cached(
+    api: Api, jp_serverapp, monkeypatch: pytest.MonkeyPatch
+):
+    auth = jp_serverapp.web_app.settings[SERVICES].auth
+    token = (await login(api))["token"]
+    owner = await auth.authenticate(f"Bearer {token}")
+    auth._tokens.clear()  # as if its lookup had gone stale
+    lookups = auth._token_lookups
+    read, answered, go_on = lookups._read, asyncio.Event(), asyncio.Event()
+
+    async def slow_read(hashes):
+        found = await read(hashes)  # live: read before the revoke
+        answered.set()
+        await go_on.wait()  # answered only after the revoke
+        return found
+
+    monkeypatch.setattr(lookups, "_read", slow_read)
+    lookup = asyncio.ensure_future(auth.authenticate(f"Bearer {token}"))
+    await answered.wait()
+    assert await auth.revoke(owner)
+    go_on.set()
+    assert (await lookup).token_id == owner.token_id  # this request stands, as it began before
+    assert (await api("GET", "me", token=token)).code == 401
+
+
+class _count_token_lookups:
+    """Counts the statements that read ``api_tokens`` until closed."""
+
+    def __init__(self, services) -> None:
+        self.count = 0
+        self._engine = services.engine.sync_engine
+        event.listen(self._engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn, cursor, statement, *args) -> None:
+        if "FROM users JOIN api_tokens" in statement:
+            self.count += 1
+
+    def close(self) -> None:
+        event.remove(self._engine, "before_cursor_execute", self._seen)
+
+
 async def test_another_users_balance_is_403(api: Api):
     alice = await login(api, SEED_ALICE)
     await login(api, SEED_BOB)
