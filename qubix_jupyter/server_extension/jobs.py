@@ -209,6 +209,11 @@ class JobService:
         self.on_finished: list[Hook] = []
         self._assigning = asyncio.Lock()
         self._wake = asyncio.Event()
+        #: Whether a PENDING job may be waiting: set by a create or an assignment that left one
+        #: waiting and by a sweep that found one, cleared as a sweep begins. A job's end wakes
+        #: the assigner only then; a job created by another market process is found by the
+        #: next periodic sweep.
+        self._pending_seen = True
         self._runner: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._hook_tasks: set[asyncio.Task[None]] = set()
@@ -441,7 +446,9 @@ class JobService:
 
     async def _assigned(self, job: Job, assignment: _Assignment) -> None:
         """After the assignment's commit: dispatch the job and tell everyone (or fail it)."""
-        if isinstance(assignment.decision, Fail):
+        if isinstance(assignment.decision, Wait):
+            self._pending_seen = True  # a provider that frees wakes the assigner for it
+        elif isinstance(assignment.decision, Fail):
             await self._fail_unassignable(job)
         elif assignment.taken is not None:
             self._run_hooks(self.on_assigned, job, assignment.taken)
@@ -521,8 +528,10 @@ class JobService:
     async def sweep(self, *, now: dt.datetime | None = None) -> list[Decision]:
         """One pass of the assigner over the PENDING jobs, oldest first."""
         now = now or self._clock()
+        self._pending_seen = False
         async with self._reads() as session:
             pending = await db.pending_jobs(session, limit=SWEEP_BATCH)
+            self._pending_seen = self._pending_seen or bool(pending)
             anyone_free = bool(pending) and await db.any_free_provider(session)
         # With every provider busy only a job past its deadline has anything to decide: skip
         # the others rather than run a transaction each, every second.
@@ -772,7 +781,7 @@ class JobService:
         self._publish_job(kind, job, None if owner is None else owner[1])
         if freed is not None:
             self._publish_offer(freed)
-        if job.provider_id is not None:
+        if job.provider_id is not None and self._pending_seen:
             self._wake.set()  # its provider may take a waiting job now
         self._run_hooks(self.on_finished, job)
         payment = Payment.of(receipt)

@@ -1090,3 +1090,27 @@ async def test_a_lost_provider_moves_the_job_then_fails_it_refunded(market: Mark
     assert body_of(await market.create())["job"]["status"] == "ASSIGNED"
     assert body_of(await market.create())["job"]["status"] == "ASSIGNED"
     await market.audit_ok()
+
+
+async def test_a_jobs_end_wakes_the_assigner_only_while_a_job_may_be_waiting(market: Market):
+    """The assigner's sweep runs every second; a job's end runs it at once only when a job may
+    be waiting for the provider it frees, not after every job."""
+    jobs = market.services.jobs
+    await jobs.stop()  # the extension's own sweeps: the wake is looked at here instead
+    try:
+        first = body_of(await market.create())["job"]
+        assert first["status"] == "ASSIGNED"
+        await jobs.sweep()  # finds no job waiting
+        jobs._wake.clear()
+        assert (await market.worker("POST", f"jobs/{first['id']}/complete", COMPLETE)).code == 200
+        assert not jobs._wake.is_set()
+
+        busy = body_of(await market.create())["job"]
+        waiting = body_of(await market.create())["job"]
+        assert (busy["status"], waiting["status"]) == ("ASSIGNED", "PENDING")
+        assert (await market.worker("POST", f"jobs/{busy['id']}/complete", COMPLETE)).code == 200
+        assert jobs._wake.is_set()
+        await jobs.sweep()
+        assert (await market.job_row(waiting["id"])).status.value == "ASSIGNED"
+    finally:
+        jobs.start()  # as the extension had it, for its own stop
