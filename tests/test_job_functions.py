@@ -25,6 +25,7 @@ from qubix_jupyter.db.engine import make_engine, make_sessionmaker
 from qubix_jupyter.db.ledger import Ledger, audit
 from qubix_jupyter.db.models import Account, Job, Provider
 from qubix_jupyter.db.pg_cluster import PgCluster
+from qubix_jupyter.market.errors import UnknownJob
 from qubix_jupyter.market.jobs import assigned_escrow, unassigned_escrow
 from qubix_jupyter.market.matching import JobConstraints, choose_provider
 from qubix_jupyter.market.states import JobStatus, escrow_account_id, wallet_account_id
@@ -274,6 +275,66 @@ def test_create_and_end_use_the_ledgers_keys(
         async with sessions() as session:
             report = await audit(session)
         assert report.ok, report
+
+    runner.run(check())
+
+
+def test_the_driver_statements_read_and_create_as_the_session_does(
+    sessions: Any, runner: asyncio.Runner
+) -> None:
+    """The job's way on PostgreSQL runs on the driver's connection: its create is the same call,
+    and its read gives the objects a session's read gives, every column alike (enums as enums,
+    JSON as data, times with their zone), with its provider and without one."""
+    from sqlalchemy import inspect as sa_inspect
+
+    from qubix_jupyter.db.engine import autocommit_engine, driver_connection
+
+    offer = {"price": 10, "perf": 2.5, "last": None, "vram": 24.0, "model": "Driver 1"}
+    offer |= {"online": True, "available": True, "listed": True, "busy": False}
+    engine = autocommit_engine(sessions.kw["bind"])
+
+    def columns(row: Any) -> dict[str, Any]:
+        return {p.key: getattr(row, p.key) for p in sa_inspect(type(row)).column_attrs}
+
+    async def check() -> None:
+        async with sessions() as session, session.begin():
+            consumer, [provider] = await _market(session, [offer])
+        ledger = Ledger(sessions)
+        await ledger.deposit(consumer, 1000, idempotency_key=f"fund-driver-{consumer}")
+        ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        async with driver_connection(engine) as driver:
+            for job_id in ids:  # the first takes the one offer, the second waits
+                done = await db.create_job_on(
+                    driver,
+                    job_id,
+                    consumer,
+                    model_type="python",
+                    compute_seconds=3600,
+                    constraints=JobConstraints(max_price=40),
+                    input_data={"kind": "python", "payload": "AAAA", "n": [1, 2.5, None]},
+                    lock_key=f"{job_id}:escrow",
+                    release_key=f"job:{job_id}:assign:0:release",
+                    created_at=NOW,
+                    now=NOW,
+                )
+                assert done.fresh
+            read = [await db.job_with_provider_on(driver, job_id) for job_id in ids]
+            with pytest.raises(UnknownJob):
+                await db.job_with_provider_on(driver, str(uuid.uuid4()))
+            with pytest.raises(UnknownJob):
+                await db.job_with_provider_on(driver, "no\x00job")
+        async with sessions() as session:
+            expected = [await db.job_with_provider(session, job_id) for job_id in ids]
+        (assigned, taker), (waiting, nobody) = read
+        assert assigned.status is JobStatus.ASSIGNED
+        assert taker is not None and taker.id == provider.id
+        assert waiting.status is JobStatus.PENDING and nobody is None
+        assert assigned.created_at.tzinfo is not None
+        for (job, by), (want_job, want_by) in zip(read, expected, strict=True):
+            assert columns(job) == columns(want_job)
+            assert (by is None) == (want_by is None)
+            if by is not None:
+                assert columns(by) == columns(want_by)
 
     runner.run(check())
 

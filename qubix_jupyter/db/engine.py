@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event
@@ -131,3 +133,23 @@ def autocommit_sessions(
     return async_sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
+
+
+def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:
+    """``engine`` with its connections in autocommit (for :func:`driver_connection`)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextlib.asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """The psycopg connection under a pooled connection of ``engine`` (an
+    :func:`autocommit_engine` on PostgreSQL), for the statements on a job's way.
+
+    A statement run here skips the SQL layer: about half a millisecond of the market's CPU each,
+    which is most of what a single statement costs. Each statement commits on its own.
+    """
+    async with engine.connect() as conn:
+        driver = (await conn.get_raw_connection()).driver_connection
+        if driver is None or not getattr(driver, "autocommit", False):
+            raise RuntimeError("driver statements run on an autocommit PostgreSQL connection")
+        yield driver

@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import case, func, literal, select, text, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..market.errors import UnknownJob
@@ -24,6 +26,8 @@ from .models import Account, IdempotencyKey, Job, Provider
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
 CANDIDATES = 200
+
+_Row = TypeVar("_Row", Job, Provider)
 
 
 def _has_active_job() -> Any:
@@ -94,12 +98,15 @@ class NativeCreate:
     provider_id: str | None = None
 
 
-_CREATE_JOB = text(
+_CREATE_JOB_SQL = (
     "SELECT qubix_create_job(:job, :user, :model_type, :seconds, :max_price, "
     "CAST(:input AS json), CAST(:constraints AS json), :escrow, :lock_key, :lock_hash, "
     "CAST(:models AS text[]), CAST(:min_vram AS double precision), :release_key, "
     ":created, :now)"
 )
+_CREATE_JOB = text(_CREATE_JOB_SQL)
+#: The same call in the driver's own parameter style (:func:`create_job_on`).
+_CREATE_JOB_DRIVER = re.sub(r":(\w+)", r"%(\1)s", _CREATE_JOB_SQL)
 
 
 async def create_job_native(
@@ -118,33 +125,95 @@ async def create_job_native(
 ) -> NativeCreate:
     """PostgreSQL: insert, escrow and assign a job in one call (migration 0007). The escrow
     keys are the ledger's: ``lock_key`` for the lock, ``release_key`` for the excess."""
+    args = _create_args(
+        job_id, user_id, model_type, compute_seconds, constraints, input_data,
+        lock_key, release_key, created_at, now,
+    )  # fmt: skip
+    return _created((await session.execute(_CREATE_JOB, args)).scalar_one())
+
+
+async def create_job_on(driver: Any, job_id: str, user_id: str, **fields: Any) -> NativeCreate:
+    """:func:`create_job_native` on a psycopg connection (:func:`.engine.driver_connection`)."""
+    args = _create_args(job_id, user_id, **fields)
+    row = await (await driver.execute(_CREATE_JOB_DRIVER, args)).fetchone()
+    return _created(row[0])
+
+
+def _create_args(
+    job_id: str,
+    user_id: str,
+    model_type: str,
+    compute_seconds: int,
+    constraints: JobConstraints,
+    input_data: Any,
+    lock_key: str,
+    release_key: str,
+    created_at: dt.datetime,
+    now: dt.datetime,
+) -> dict[str, Any]:
     escrow = unassigned_escrow(constraints.max_price, compute_seconds)
-    models = sorted(constraints.folded_models) or None
-    data = (
-        await session.execute(
-            _CREATE_JOB,
-            {
-                "job": job_id,
-                "user": user_id,
-                "model_type": model_type,
-                "seconds": compute_seconds,
-                "max_price": constraints.max_price,
-                "input": json.dumps(input_data),
-                "constraints": json.dumps(constraints.to_json()),
-                "escrow": escrow,
-                "lock_key": lock_key,
-                "lock_hash": request_hash("lock_escrow", {"job_id": job_id, "amount": escrow}),
-                "models": models,
-                "min_vram": constraints.min_vram,
-                "release_key": release_key,
-                "created": created_at,
-                "now": now,
-            },
-        )
-    ).scalar_one()
+    return {
+        "job": job_id,
+        "user": user_id,
+        "model_type": model_type,
+        "seconds": compute_seconds,
+        "max_price": constraints.max_price,
+        "input": json.dumps(input_data),
+        "constraints": json.dumps(constraints.to_json()),
+        "escrow": escrow,
+        "lock_key": lock_key,
+        "lock_hash": request_hash("lock_escrow", {"job_id": job_id, "amount": escrow}),
+        "models": sorted(constraints.folded_models) or None,
+        "min_vram": constraints.min_vram,
+        "release_key": release_key,
+        "created": created_at,
+        "now": now,
+    }
+
+
+def _created(data: dict[str, Any]) -> NativeCreate:
     if not data["fresh"]:
         return NativeCreate(fresh=False)
     return NativeCreate(True, int(data["locked"]), int(data["released"]), data["provider"])
+
+
+def _columns(model: type) -> tuple[tuple[str, Any], ...]:
+    """(attribute, column) of each mapped column of ``model``, in table order."""
+    return tuple((prop.key, prop.columns[0]) for prop in sa_inspect(model).column_attrs)
+
+
+_JOB_COLUMNS = _columns(Job)
+_PROVIDER_COLUMNS = _columns(Provider)
+_JOB_WITH_PROVIDER = (
+    "SELECT "
+    + ", ".join(
+        [f'j."{column.name}"' for _, column in _JOB_COLUMNS]
+        + [f'p."{column.name}"' for _, column in _PROVIDER_COLUMNS]
+    )
+    + " FROM jobs AS j LEFT JOIN providers AS p ON p.id = j.provider_id WHERE j.id = %s"
+)
+
+
+def _loaded(model: type[_Row], columns: tuple[tuple[str, Any], ...], values: Any) -> _Row:
+    """A row the driver read, as the object a session's read would give (detached)."""
+    fields = {}
+    for (key, column), value in zip(columns, values, strict=True):
+        kind = getattr(column.type, "enum_class", None)
+        fields[key] = kind(value) if kind is not None and value is not None else value
+    return model(**fields)
+
+
+async def job_with_provider_on(driver: Any, job_id: str) -> tuple[Job, Provider | None]:
+    """:func:`job_with_provider` on a psycopg connection (:func:`.engine.driver_connection`)."""
+    row = None
+    if _may_exist(job_id):
+        row = await (await driver.execute(_JOB_WITH_PROVIDER, (job_id,))).fetchone()
+    if row is None:
+        raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
+    split = len(_JOB_COLUMNS)
+    job = _loaded(Job, _JOB_COLUMNS, row[:split])
+    provider = None if row[split] is None else _loaded(Provider, _PROVIDER_COLUMNS, row[split:])
+    return job, provider
 
 
 async def job_with_provider(session: AsyncSession, job_id: str) -> tuple[Job, Provider | None]:
@@ -188,6 +257,38 @@ async def advance_progress(
         .execution_options(synchronize_session=False)
     )
     return stored
+
+
+_ADVANCE_PROGRESS = (
+    "UPDATE jobs SET status = %(running)s, "
+    "started_at = CASE WHEN status = %(assigned)s THEN %(now)s ELSE started_at END, "
+    "progress = GREATEST(progress, %(percent)s) "
+    "WHERE id = %(job)s AND provider_id = %(provider)s AND status = ANY(%(open)s) "
+    "RETURNING progress"
+)
+
+
+async def advance_progress_on(
+    driver: Any, job_id: str, provider_id: str, percent: int, *, now: dt.datetime
+) -> int | None:
+    """:func:`advance_progress` on a psycopg connection (:func:`.engine.driver_connection`)."""
+    if not _may_exist(job_id):
+        return None
+    row = await (
+        await driver.execute(
+            _ADVANCE_PROGRESS,
+            {
+                "running": JobStatus.RUNNING.value,
+                "assigned": JobStatus.ASSIGNED.value,
+                "open": [state.value for state in OPEN_JOB_STATES],
+                "now": now,
+                "percent": percent,
+                "job": job_id,
+                "provider": provider_id,
+            },
+        )
+    ).fetchone()
+    return None if row is None else int(row[0])
 
 
 async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:

@@ -50,7 +50,7 @@ from ..market.states import (
     escrow_account_id,
     wallet_account_id,
 )
-from .engine import autocommit_sessions
+from .engine import autocommit_engine, autocommit_sessions, driver_connection
 from .models import Account, IdempotencyKey, Job, Provider, Transaction, new_id, utcnow
 
 MAX_KEY_LENGTH = 200
@@ -236,7 +236,7 @@ class Ledger:
     ) -> None:
         self._sessionmaker = sessionmaker
         self._engine: AsyncEngine = sessionmaker.kw["bind"]
-        self._autocommit = self._engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = autocommit_engine(self._engine)
         #: Reads that lock nothing: without a transaction around them (on PostgreSQL).
         self._reads = autocommit_sessions(sessionmaker)
         self.platform_fee_bps = platform_fee_bps
@@ -360,10 +360,7 @@ class Ledger:
         """
         function, args = native
         placeholders = ", ".join(["%s"] * (len(args) + 2))
-        async with self._autocommit.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            if driver is None or not driver.autocommit:
-                raise RuntimeError("ledger functions must run on an autocommit connection")
+        async with driver_connection(self._autocommit) as driver:
             cursor = await driver.execute(
                 f"SELECT {function}({placeholders})", [key, request_hash, *args.values()]
             )

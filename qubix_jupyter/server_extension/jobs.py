@@ -41,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
-from ..db.engine import autocommit_sessions
+from ..db.engine import autocommit_engine, autocommit_sessions, driver_connection
 from ..db.ledger import Ledger, Receipt
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
@@ -196,6 +196,9 @@ class JobService:
         self._sessionmaker = sessionmaker
         #: Plain reads (no locks): without a transaction around them.
         self._reads = autocommit_sessions(sessionmaker)
+        #: On PostgreSQL the statements on a job's way (its create, the reads of it) run on the
+        #: driver's connection (:func:`driver_connection`); elsewhere through a session.
+        self._driver = autocommit_engine(sessionmaker.kw["bind"]) if ledger.native else None
         self._ledger = ledger
         self._events = events
         self.assign_timeout = dt.timedelta(seconds=assign_timeout_seconds)
@@ -224,10 +227,15 @@ class JobService:
 
     async def get(self, job_id: str) -> tuple[Job, Provider | None]:
         """The job and its provider (None while unassigned)."""
+        if self._driver is not None:
+            async with driver_connection(self._driver) as driver:
+                return await db.job_with_provider_on(driver, job_id)
         async with self._reads() as session:
             return await db.job_with_provider(session, job_id)
 
     async def _job(self, job_id: str) -> Job:
+        if self._driver is not None:
+            return (await self.get(job_id))[0]
         async with self._reads() as session:
             return await db.get_job(session, job_id)
 
@@ -373,9 +381,10 @@ class JobService:
         ``qubix_create_job`` (same escrow keys, same order of offers), then one read."""
         created_at = utcnow()  # as the row's default would be, then the assignment's clock
         now = self._clock()
-        async with self._reads() as session:
-            done = await db.create_job_native(
-                session,
+        assert self._driver is not None  # the native path is PostgreSQL's
+        async with driver_connection(self._driver) as driver:
+            done = await db.create_job_on(
+                driver,
                 job_id,
                 user_id,
                 constraints=constraints,
@@ -385,7 +394,7 @@ class JobService:
                 now=now,
                 **fields,
             )
-            job, provider = await db.job_with_provider(session, job_id)
+            job, provider = await db.job_with_provider_on(driver, job_id)
         if not done.fresh:
             return job, None, 0
         if provider is not None:
@@ -588,13 +597,18 @@ class JobService:
         check_transition(JobStatus.ASSIGNED, JobStatus.RUNNING)  # what the statement does
         # One conditional statement (no lock held across round trips): it applies only to an
         # open job of this provider, so a late or foreign report changes nothing.
-        async with self._reads() as session, session.begin():
-            stored = await db.advance_progress(
-                session, job_id, worker.provider_id, percent, now=self._clock()
-            )
-            if stored is None:
-                job = await db.get_job(session, job_id)
+        if self._driver is not None:
+            async with driver_connection(self._driver) as driver:
+                stored = await db.advance_progress_on(
+                    driver, job_id, worker.provider_id, percent, now=self._clock()
+                )
+        else:
+            async with self._reads() as session, session.begin():
+                stored = await db.advance_progress(
+                    session, job_id, worker.provider_id, percent, now=self._clock()
+                )
         if stored is None:
+            job = await self._job(job_id)  # only to say why it was refused
             self._require_worker(job, worker, worker_id)
             raise InvalidState(
                 f"a {job.status.value} job takes no progress reports",
@@ -634,13 +648,13 @@ class JobService:
         key = f"{request_key}:charge"
         encoded = None if result is None else json.dumps(result, separators=(",", ":"))
         too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
-        async with self._reads() as session:
-            job = await db.get_job(session, job_id)
-            if step is not None and not on_run(job, worker.provider_id, step):
-                return None  # an answer of an earlier run: settled (or lost) already
-            self._require_worker(job, worker, worker_id)
-            receipt = None
-            if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
+        job = await self._job(job_id)
+        if step is not None and not on_run(job, worker.provider_id, step):
+            return None  # an answer of an earlier run: settled (or lost) already
+        self._require_worker(job, worker, worker_id)
+        receipt = None
+        if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
+            async with self._reads() as session:
                 receipt = await db.prior_receipt(session, key)
         if too_large:
             error = (
@@ -727,8 +741,7 @@ class JobService:
                 seconds=seconds or 0,
                 result=result,
             )
-            async with self._reads() as session:
-                job, provider = await db.job_with_provider(session, job_id)
+            job, provider = await self.get(job_id)
             if receipt.replayed:
                 return receipt, job
             freed = provider if provider is not None and provider.current_job_id is None else None

@@ -274,13 +274,13 @@ async def test_a_create_that_meets_a_deadlock_runs_again_and_locks_once(
             FOR EACH ROW WHEN (NEW.type = 'ESCROW_RELEASE') EXECUTE FUNCTION deadlock_once();
             """,
         )
-        create = service.db.create_job_native
+        create = service.db.create_job_on
 
         async def counted(*args: Any, **options: Any) -> Any:
             tries.append(args[1])
             return await create(*args, **options)
 
-        monkeypatch.setattr(service.db, "create_job_native", counted)
+        monkeypatch.setattr(service.db, "create_job_on", counted)
     else:
         held = service.db.escrow_held
 
