@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from typing import Any, cast
 
 from sqlalchemy import delete, update
@@ -20,10 +21,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from ..market.errors import IdempotencyConflict, QubixError
 from .auth_models import IdempotentRequest
-from .engine import autocommit_sessions
+from .engine import autocommit_engine, autocommit_sessions, driver_connection
 
 #: How often a claim also deletes the answers older than the retention.
 SWEEP_EVERY = dt.timedelta(minutes=1)
+
+#: PostgreSQL's claim and answer, on the driver's connection (every money-moving request's way).
+_CLAIM = (
+    "INSERT INTO idempotent_requests (scope, key, request_hash, created_at) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
+_COMPLETE = (
+    "UPDATE idempotent_requests SET status = %s, response = CAST(%s AS json), completed_at = %s "
+    "WHERE scope = %s AND key = %s"
+)
 
 
 class RequestInProgress(QubixError):
@@ -50,6 +61,8 @@ class IdempotencyStore:
         self._sessionmaker = sessionmaker
         #: The claim and the stored answer are single statements: each commits on its own.
         self._single = autocommit_sessions(sessionmaker)
+        engine = sessionmaker.kw["bind"]
+        self._driver = autocommit_engine(engine) if engine.dialect.name == "postgresql" else None
         self.stale_after = stale_after
         self.retention = retention
         #: When expired answers were last swept (at most once per ``SWEEP_EVERY``).
@@ -63,25 +76,33 @@ class IdempotencyStore:
         Raises :class:`IdempotencyConflict` (another request under this key) or
         :class:`RequestInProgress` (the first one with this key has not finished yet).
         """
-        try:
+        # Sweeping here keeps the table as large as a day's money-moving requests; once a
+        # minute is enough for that, and keeps the statement off most requests' path.
+        if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
+            self._swept_at = now
             async with self._single() as session, session.begin():
-                # Sweeping here keeps the table as large as a day's money-moving requests; once
-                # a minute is enough for that, and keeps the statement off most requests' path.
-                if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
-                    self._swept_at = now
-                    await session.execute(
-                        delete(IdempotentRequest).where(
-                            IdempotentRequest.created_at < now - self.retention
-                        )
-                    )
-                session.add(
-                    IdempotentRequest(
-                        scope=scope, key=key, request_hash=request_hash, created_at=now
+                await session.execute(
+                    delete(IdempotentRequest).where(
+                        IdempotentRequest.created_at < now - self.retention
                     )
                 )
-            return None
-        except IntegrityError:
-            pass  # the key is taken: by this request's first try, or by another request
+        if self._driver is not None:
+            async with driver_connection(self._driver) as driver:
+                cursor = await driver.execute(_CLAIM, (scope, key, request_hash, now))
+                if cursor.rowcount == 1:
+                    return None
+        else:
+            try:
+                async with self._single() as session, session.begin():
+                    session.add(
+                        IdempotentRequest(
+                            scope=scope, key=key, request_hash=request_hash, created_at=now
+                        )
+                    )
+                return None
+            except IntegrityError:
+                pass
+        # The key is taken: by this request's first try, or by another request.
         async with self._sessionmaker() as session, session.begin():
             prior = await session.get(IdempotentRequest, (scope, key), with_for_update=True)
             if prior is None:  # swept or released in between: claim it again
@@ -112,6 +133,10 @@ class IdempotencyStore:
     async def complete(
         self, scope: str, key: str, status: int, body: Any, *, now: dt.datetime
     ) -> None:
+        if self._driver is not None:
+            async with driver_connection(self._driver) as driver:
+                await driver.execute(_COMPLETE, (status, json.dumps(body), now, scope, key))
+            return
         async with self._single() as session, session.begin():
             await session.execute(
                 update(IdempotentRequest)
