@@ -713,11 +713,18 @@ class Ledger:
     async def wallet_balances(self, user_ids: Iterable[str]) -> dict[str, int]:
         """Users' wallet balances in one read (user id → QU); unknown accounts are refused."""
         wanted = {wallet_account_id(user): user for user in user_ids}
-        async with self._reads() as session:
-            rows = await session.execute(
-                select(Account.id, Account.balance).where(Account.id.in_(wanted))
-            )
-            found = {wanted[account]: int(balance) for account, balance in rows}
+        if self._is_native():  # after every job's create and end: the driver's statement
+            async with driver_connection(self._autocommit) as driver:
+                cursor = await driver.execute(
+                    "SELECT id, balance FROM accounts WHERE id = ANY(%s)", (list(wanted),)
+                )
+                rows: Iterable[Any] = await cursor.fetchall()
+        else:
+            async with self._reads() as session:
+                rows = await session.execute(
+                    select(Account.id, Account.balance).where(Account.id.in_(wanted))
+                )
+        found = {wanted[account]: int(balance) for account, balance in rows}
         missing = sorted(set(wanted.values()) - set(found))
         if missing:
             account = wallet_account_id(missing[0])
