@@ -310,7 +310,7 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
                     consumer,
                     model_type="python",
                     compute_seconds=3600,
-                    constraints=JobConstraints(max_price=40),
+                    constraints=JobConstraints(max_price=40, gpu_models=("Driver 1",)),
                     input_data={"kind": "python", "payload": "AAAA", "n": [1, 2.5, None]},
                     lock_key=f"{job_id}:escrow",
                     release_key=f"job:{job_id}:assign:0:release",

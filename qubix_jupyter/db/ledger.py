@@ -256,6 +256,7 @@ class Ledger:
         native: tuple[str, dict[str, Any]],
         within: Within | None = None,
         session: AsyncSession | None = None,
+        driver: Any = None,
     ) -> Receipt:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidIdempotencyKey(
@@ -280,7 +281,7 @@ class Ledger:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
-                    return await self._call_raw(native, key, hashed)
+                    return await self._call_raw(native, key, hashed, driver)
                 async with self._sessionmaker() as own, own.begin():
                     receipt = await self._attempt(own, operation, key, hashed, work, native)
                     if within is not None and not receipt.replayed:
@@ -351,20 +352,22 @@ class Ledger:
         return _domain_error(error.orig if isinstance(error, DBAPIError) else error)
 
     async def _call_raw(
-        self, native: tuple[str, dict[str, Any]], key: str, request_hash: str
+        self, native: tuple[str, dict[str, Any]], key: str, request_hash: str, driver: Any = None
     ) -> Receipt:
-        """Call a ledger function straight through psycopg on a pooled autocommit connection.
+        """Call a ledger function straight through psycopg on a pooled autocommit connection
+        (or on ``driver``, the caller's, from :func:`.engine.driver_connection`).
 
         One statement is one transaction, so autocommit costs a single round trip; skipping the
         SQL layer here matters because this is every money-moving request's path.
         """
         function, args = native
-        placeholders = ", ".join(["%s"] * (len(args) + 2))
-        async with driver_connection(self._autocommit) as driver:
-            cursor = await driver.execute(
-                f"SELECT {function}({placeholders})", [key, request_hash, *args.values()]
-            )
-            row = await cursor.fetchone()
+        statement = f"SELECT {function}({', '.join(['%s'] * (len(args) + 2))})"
+        values = [key, request_hash, *args.values()]
+        if driver is not None:
+            row = await (await driver.execute(statement, values)).fetchone()
+        else:
+            async with driver_connection(self._autocommit) as own:
+                row = await (await own.execute(statement, values)).fetchone()
         assert row is not None
         return Receipt.from_function(row[0])
 
@@ -625,11 +628,13 @@ class Ledger:
         error: str | None = None,
         seconds: int = 0,
         result: Any = None,
+        driver: Any = None,
     ) -> Receipt:
         """PostgreSQL only: :meth:`charge` (``operation="charge"``) or :meth:`refund` a job and,
         in the same single call (``qubix_end_job``), store its ``result`` (when not None) and
         free the provider that holds it. Same key, same receipt, as :meth:`charge` /
-        :meth:`refund`: a replay moves nothing and changes nothing."""
+        :meth:`refund`: a replay moves nothing and changes nothing. ``driver``: the caller's
+        autocommit psycopg connection to run it on (it reads the job on it after)."""
         if not self._is_native():
             raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
         if operation not in ("charge", "refund"):
@@ -644,7 +649,7 @@ class Ledger:
             raise AssertionError("end_job has no Python path")
 
         return await self._execute(
-            operation, idempotency_key, params, unused, ("qubix_end_job", args)
+            operation, idempotency_key, params, unused, ("qubix_end_job", args), driver=driver
         )
 
     async def refund(

@@ -731,17 +731,19 @@ class JobService:
         the result and the free provider commit together (on PostgreSQL as one call). Then
         everyone is told, once; the job as it ended is returned (as it stands, for an answer
         replayed)."""
-        if self._ledger.native:
-            receipt = await self._ledger.end_job(
-                job_id,
-                operation="refund" if seconds is None else "charge",
-                idempotency_key=key,
-                final_status=status,
-                error=error,
-                seconds=seconds or 0,
-                result=result,
-            )
-            job, provider = await self.get(job_id)
+        if self._driver is not None:  # the ledger's native path: one call, then one read
+            async with driver_connection(self._driver) as driver:
+                receipt = await self._ledger.end_job(
+                    job_id,
+                    operation="refund" if seconds is None else "charge",
+                    idempotency_key=key,
+                    final_status=status,
+                    error=error,
+                    seconds=seconds or 0,
+                    result=result,
+                    driver=driver,
+                )
+                job, provider = await db.job_with_provider_on(driver, job_id)
             if receipt.replayed:
                 return receipt, job
             freed = provider if provider is not None and provider.current_job_id is None else None
