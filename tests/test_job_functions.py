@@ -327,8 +327,10 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
             expected = [await db.job_with_provider(session, job_id) for job_id in ids]
         (assigned, taker), (waiting, nobody) = read
         assert assigned.status is JobStatus.ASSIGNED
-        assert taker is not None and taker.id == provider.id
-        assert waiting.status is JobStatus.PENDING and nobody is None
+        assert taker is not None
+        assert taker.id == provider.id
+        assert waiting.status is JobStatus.PENDING
+        assert nobody is None
         assert assigned.created_at.tzinfo is not None
         for (job, by), (want_job, want_by) in zip(read, expected, strict=True):
             assert columns(job) == columns(want_job)
