@@ -43,6 +43,41 @@ class RequestInProgress(QubixError):
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Claim:
+    """A claim of ``(scope, key)`` to be made by the request's own statement (PostgreSQL, see
+    :attr:`IdempotencyStore.folds`): :data:`CLAIMING` in front of it inserts the row, and the
+    statement does its work only when the key was free (else :class:`ClaimTaken`)."""
+
+    scope: str
+    key: str
+    request_hash: str
+    at: dt.datetime
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "claim_scope": self.scope,
+            "claim_key": self.key,
+            "claim_hash": self.request_hash,
+            "claim_at": self.at,
+        }
+
+
+class ClaimTaken(Exception):
+    """A statement that was to claim its key found the key taken: nothing else was done. The
+    caller claims it the usual way (:meth:`IdempotencyStore.claim`: replay, conflict, …)."""
+
+
+#: ``CLAIMING + "SELECT CASE WHEN EXISTS (SELECT FROM claim) THEN … END"``: the claim and the
+#: request's own work in one statement, one transaction, one round trip (the work's statement
+#: takes :meth:`Claim.params` beside its own, in the driver's ``%(name)s`` style).
+CLAIMING = (
+    "WITH claim AS (INSERT INTO idempotent_requests (scope, key, request_hash, created_at) "
+    "VALUES (%(claim_scope)s, %(claim_key)s, %(claim_hash)s, %(claim_at)s) "
+    "ON CONFLICT DO NOTHING RETURNING 1) "
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Answer:
     """The stored answer of a finished request."""
 
@@ -76,16 +111,7 @@ class IdempotencyStore:
         Raises :class:`IdempotencyConflict` (another request under this key) or
         :class:`RequestInProgress` (the first one with this key has not finished yet).
         """
-        # Sweeping here keeps the table as large as a day's money-moving requests; once a
-        # minute is enough for that, and keeps the statement off most requests' path.
-        if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
-            self._swept_at = now
-            async with self._single() as session, session.begin():
-                await session.execute(
-                    delete(IdempotentRequest).where(
-                        IdempotentRequest.created_at < now - self.retention
-                    )
-                )
+        await self.sweep(now)
         if self._driver is not None:
             async with driver_connection(self._driver) as driver:
                 cursor = await driver.execute(_CLAIM, (scope, key, request_hash, now))
@@ -129,6 +155,25 @@ class IdempotencyStore:
                 )
             prior.created_at = now  # abandoned by a server that died: this try takes it over
             return None
+
+    @property
+    def folds(self) -> bool:
+        """Whether a request's own statement may make its claim (:class:`Claim`): PostgreSQL."""
+        return self._driver is not None
+
+    async def sweep(self, now: dt.datetime) -> None:
+        """Delete the answers older than the retention, at most once per ``SWEEP_EVERY``.
+
+        Run on every claim: that keeps the table as large as a day's money-moving requests,
+        and the statement off most requests' way."""
+        if self._swept_at is None or abs(now - self._swept_at) >= SWEEP_EVERY:
+            self._swept_at = now
+            async with self._single() as session, session.begin():
+                await session.execute(
+                    delete(IdempotentRequest).where(
+                        IdempotentRequest.created_at < now - self.retention
+                    )
+                )
 
     async def complete(
         self, scope: str, key: str, status: int, body: Any, *, now: dt.datetime

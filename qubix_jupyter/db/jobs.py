@@ -21,6 +21,7 @@ from ..market.errors import UnknownJob
 from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
 from ..market.states import OPEN_JOB_STATES, AccountKind, JobStatus, escrow_account_id
+from .idempotency_store import CLAIMING, Claim, ClaimTaken
 from .ledger import Receipt, request_hash
 from .models import Account, IdempotencyKey, Job, Provider
 
@@ -107,6 +108,14 @@ _CREATE_JOB_SQL = (
 _CREATE_JOB = text(_CREATE_JOB_SQL)
 #: The same call in the driver's own parameter style (:func:`create_job_on`).
 _CREATE_JOB_DRIVER = re.sub(r":(\w+)", r"%(\1)s", _CREATE_JOB_SQL)
+#: The call made only if the statement's claim of the request's key took it (a CASE evaluates
+#: only the branch it takes, and the function is volatile: never evaluated ahead).
+_CLAIM_AND_CREATE = (
+    CLAIMING
+    + "SELECT CASE WHEN EXISTS (SELECT 1 FROM claim) THEN "
+    + _CREATE_JOB_DRIVER.removeprefix("SELECT ")
+    + " END"
+)
 
 
 async def create_job_native(
@@ -132,10 +141,20 @@ async def create_job_native(
     return _created((await session.execute(_CREATE_JOB, args)).scalar_one())
 
 
-async def create_job_on(driver: Any, job_id: str, user_id: str, **fields: Any) -> NativeCreate:
-    """:func:`create_job_native` on a psycopg connection (:func:`.engine.driver_connection`)."""
+async def create_job_on(
+    driver: Any, job_id: str, user_id: str, *, claim: Claim | None = None, **fields: Any
+) -> NativeCreate:
+    """:func:`create_job_native` on a psycopg connection (:func:`.engine.driver_connection`).
+
+    With ``claim``, the same statement claims the request's Idempotency-Key first and creates
+    only if the key was free; else nothing is done and :class:`ClaimTaken` is raised."""
     args = _create_args(job_id, user_id, **fields)
-    row = await (await driver.execute(_CREATE_JOB_DRIVER, args)).fetchone()
+    if claim is None:
+        row = await (await driver.execute(_CREATE_JOB_DRIVER, args)).fetchone()
+        return _created(row[0])
+    row = await (await driver.execute(_CLAIM_AND_CREATE, args | claim.params())).fetchone()
+    if row[0] is None:
+        raise ClaimTaken(claim.key)
     return _created(row[0])
 
 

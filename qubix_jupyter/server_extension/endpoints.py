@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from .. import __version__
 from ..db.auth_store import TokenOwner, WorkerOwner
+from ..db.idempotency_store import Claim
 from ..db.models import User
 from . import models
 from .errors import Forbidden
@@ -36,6 +37,9 @@ class Call:
     #: This server's URL as the caller reached it (scheme, host, base URL), e.g.
     #: ``https://hub.example/user/ann/``.
     origin: str | None = None
+    #: On a ``claims_in_call`` route, when the store folds claims: the Idempotency-Key's claim
+    #: for the endpoint's statement to make (it raises ClaimTaken when the key was taken).
+    claim: Claim | None = None
 
     @property
     def caller(self) -> TokenOwner:

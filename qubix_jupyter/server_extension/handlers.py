@@ -13,6 +13,7 @@ escapes to tornado, which logs it and calls :meth:`QubixAPIHandler.write_error` 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -28,7 +29,7 @@ from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
-from ..db.idempotency_store import Answer
+from ..db.idempotency_store import Answer, Claim, ClaimTaken
 from ..market.errors import QubixError
 from .endpoints import Call, Held, Reply, TextReply
 from .errors import (
@@ -294,11 +295,14 @@ class _RouteDispatch(_MarketAPI):
         query = (
             None if route.query is None else parse_query(route.query, self.request.query_arguments)
         )
-        request_key = None
+        request_key = claim = None
         if route.idempotent:
-            request_key, answer = await self._claim(route, scope, params)
-            if answer is not None:
-                return answer
+            request_key, claim = self._request_key(route, scope, params)
+            if claim is not None and not (route.claims_in_call and services.idempotency.folds):
+                answer = await self._claim(claim)
+                if answer is not None:
+                    return answer
+                claim = None
         call = Call(
             services,
             body,
@@ -310,15 +314,39 @@ class _RouteDispatch(_MarketAPI):
             request_key,
             provisioning,
             f"{self.request.protocol}://{self.request.host}{self.base_url}",
+            claim,
         )
-        return await route.endpoint(call)
+        if claim is None:
+            return await route.endpoint(call)
+        # The endpoint's statement makes the claim: kept (to store the answer under) only once
+        # it committed; a statement that failed took its claim back with it.
+        await services.idempotency.sweep(claim.at)
+        try:
+            result = await route.endpoint(call)
+        except ClaimTaken:  # a retry, a conflict, or a twin in flight: as any other route
+            answer = await self._claim(claim)
+            if answer is not None:
+                return answer
+            return await route.endpoint(dataclasses.replace(call, claim=None))
+        self._claimed = (claim.scope, claim.key)
+        return result
 
-    async def _claim(
+    async def _claim(self, claim: Claim) -> Answer | None:
+        """Claim the key: None, the request runs now; else the stored answer of a retry."""
+        answer = await self.services.idempotency.claim(
+            claim.scope, claim.key, claim.request_hash, now=claim.at
+        )
+        if answer is None:
+            self._claimed = (claim.scope, claim.key)
+        return answer
+
+    def _request_key(
         self, route: Route, scope: str, params: dict[str, str]
-    ) -> tuple[str, Answer | None]:
-        """The request's key for its ledger operations, and the stored answer of a retry.
+    ) -> tuple[str, Claim | None]:
+        """The request's key for its ledger operations, and the claim its Idempotency-Key
+        makes (to answer its retries).
 
-        Without an Idempotency-Key the request is its own: a random key, nothing stored.
+        Without an Idempotency-Key the request is its own: a random key, nothing claimed.
         """
         header = self.request.headers.get("Idempotency-Key")
         if header is None:
@@ -338,13 +366,8 @@ class _RouteDispatch(_MarketAPI):
                 [route.method, route.path, params, canonical], sort_keys=True, default=str
             ).encode()
         ).hexdigest()
-        answer = await self.services.idempotency.claim(
-            scope, header, request_hash, now=dt.datetime.now(dt.UTC)
-        )
-        if answer is None:
-            self._claimed = (scope, header)
         digest = hashlib.sha256(f"{scope}\x00{header}".encode()).hexdigest()[:40]
-        return f"req:{digest}", answer
+        return f"req:{digest}", Claim(scope, header, request_hash, dt.datetime.now(dt.UTC))
 
     def _body(self, route: Route) -> BaseModel | None:
         limit = self.services.max_body_bytes

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import inspect
 import json
 import logging
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
 from ..db.engine import autocommit_engine, autocommit_sessions, driver_connection
+from ..db.idempotency_store import Claim
 from ..db.ledger import Ledger, Receipt
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
@@ -306,6 +308,7 @@ class JobService:
         compute_seconds: int,
         constraints: JobConstraints,
         input_data: Any,
+        claim: Claim | None = None,
     ) -> tuple[Job, Provider | None]:
         """A PENDING job with its escrow locked (ceil(maxPrice × budget / 3600)), assigned at
         once if an offer matches (the escrow above that offer's price given back): the job and
@@ -313,7 +316,10 @@ class JobService:
         cannot pay is a 402 with nothing left behind.
 
         An assigned job is handed to the ``on_assigned`` hooks (dispatched) before the wallet
-        events are read and sent: those are not on the job's way to its worker."""
+        events are read and sent: those are not on the job's way to its worker.
+
+        ``claim``: the request's Idempotency-Key claim, made by the create's own statement
+        (PostgreSQL); :class:`ClaimTaken` when the key was taken (nothing was created)."""
         job_id = self.job_id_of(request_key)
         fields = {
             "model_type": model_type,
@@ -321,7 +327,11 @@ class JobService:
             "constraints": constraints,
             "input_data": input_data,
         }
-        create = self._create_native if self._ledger.native else self._create
+        if self._ledger.native:
+            create = functools.partial(self._create_native, claim=claim)
+        else:
+            assert claim is None, "only PostgreSQL's create makes the claim"
+            create = self._create
         for attempt in range(CREATE_ATTEMPTS):
             try:
                 async with self._assigning:
@@ -375,10 +385,12 @@ class JobService:
         request_key: str,
         *,
         constraints: JobConstraints,
+        claim: Claim | None = None,
         **fields: Any,
     ) -> tuple[Job, _Assignment | None, int]:
         """:meth:`_create` on PostgreSQL: the same transaction as one call of
-        ``qubix_create_job`` (same escrow keys, same order of offers), then one read."""
+        ``qubix_create_job`` (same escrow keys, same order of offers; the request's claim in
+        the same statement), then one read."""
         created_at = utcnow()  # as the row's default would be, then the assignment's clock
         now = self._clock()
         assert self._driver is not None  # the native path is PostgreSQL's
@@ -392,6 +404,7 @@ class JobService:
                 release_key=f"job:{job_id}:assign:0:release",
                 created_at=created_at,
                 now=now,
+                claim=claim,
                 **fields,
             )
             job, provider = await db.job_with_provider_on(driver, job_id)

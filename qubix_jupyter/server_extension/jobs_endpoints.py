@@ -45,6 +45,7 @@ async def create_job(call: Call) -> BaseModel | Held:
                 max_price=body.maxPrice, gpu_models=tuple(body.gpuModel), min_vram=body.minVram
             ),
             input_data=body.inputData,
+            claim=call.claim,
         )
     except BaseException:
         if watch is not None:
@@ -160,6 +161,7 @@ ROUTES: tuple[Route, ...] = (
         body=m.CreateJobRequest,
         query=m.CreateJobQuery,
         idempotent=True,
+        claims_in_call=True,
         tag="jobs",
         errors=(402, 403, 409, 422),
     ),

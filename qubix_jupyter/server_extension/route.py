@@ -51,6 +51,9 @@ class Route:
     #: Money-moving: an ``Idempotency-Key`` header makes a retry answer what the first call did
     #: (same key and body → the same response; another body → 409 ``idempotency_conflict``).
     idempotent: bool = False
+    #: An idempotent route whose endpoint makes the key's claim in its own statement when the
+    #: store can (``call.claim``, PostgreSQL): one round trip fewer on a job's create.
+    claims_in_call: bool = False
     roles: frozenset[str] = MARKET
     tag: str = "market"
     #: Statuses this route answers besides 200, and those every route may (documented too).
