@@ -22,7 +22,7 @@ from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
 from ..market.states import OPEN_JOB_STATES, AccountKind, JobStatus, escrow_account_id
 from .idempotency_store import CLAIMING, Claim, ClaimTaken
-from .ledger import Receipt, request_hash
+from .ledger import Condition, Receipt, request_hash
 from .models import Account, IdempotencyKey, Job, Provider
 
 #: Offers loaded per assignment: the cheapest this many that pass the SQL filter.
@@ -283,14 +283,15 @@ _ADVANCE_PROGRESS = (
     "started_at = CASE WHEN status = %(assigned)s THEN %(now)s ELSE started_at END, "
     "progress = GREATEST(progress, %(percent)s) "
     "WHERE id = %(job)s AND provider_id = %(provider)s AND status = ANY(%(open)s) "
-    "RETURNING progress"
+    "RETURNING progress, started_at"
 )
 
 
 async def advance_progress_on(
     driver: Any, job_id: str, provider_id: str, percent: int, *, now: dt.datetime
-) -> int | None:
-    """:func:`advance_progress` on a psycopg connection (:func:`.engine.driver_connection`)."""
+) -> tuple[int, dt.datetime] | None:
+    """:func:`advance_progress` on a psycopg connection (:func:`.engine.driver_connection`);
+    the progress stored and the job's start (this report's ``now`` if it started the job)."""
     if not _may_exist(job_id):
         return None
     row = await (
@@ -307,7 +308,17 @@ async def advance_progress_on(
             },
         )
     ).fetchone()
-    return None if row is None else int(row[0])
+    return None if row is None else (int(row[0]), row[1])
+
+
+def on_run_condition(job_id: str, provider_id: str, step: int) -> Condition:
+    """The job is still open on that provider, on that run (its ``reassignments``): checked,
+    and the job's row locked, in the statement that ends it (``Ledger.end_job(only_if=)``)."""
+    return Condition(
+        "EXISTS (SELECT 1 FROM jobs WHERE id = %s AND provider_id = %s AND reassignments = %s "
+        "AND status = ANY(%s) FOR UPDATE)",
+        (job_id, provider_id, step, [state.value for state in OPEN_JOB_STATES]),
+    )
 
 
 async def escrow_held(session: AsyncSession, job_id: str, *, lock: bool = False) -> int:

@@ -98,6 +98,19 @@ class Receipt:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Condition:
+    """A SQL condition (``%s`` placeholders) and its values, checked in the statement of a
+    native operation before it runs (``Ledger.end_job(only_if=)``)."""
+
+    sql: str
+    values: tuple[Any, ...]
+
+
+class Skipped(Exception):
+    """A native operation's ``only_if`` condition did not hold: nothing was done."""
+
+
 def request_hash(operation: str, params: dict[str, Any]) -> str:
     """What an idempotency key is checked against: the operation and its parameters."""
     canonical = json.dumps({"operation": operation, **params}, sort_keys=True, default=str)
@@ -257,6 +270,7 @@ class Ledger:
         within: Within | None = None,
         session: AsyncSession | None = None,
         driver: Any = None,
+        only_if: Condition | None = None,
     ) -> Receipt:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidIdempotencyKey(
@@ -281,7 +295,7 @@ class Ledger:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
-                    return await self._call_raw(native, key, hashed, driver)
+                    return await self._call_raw(native, key, hashed, driver, only_if)
                 async with self._sessionmaker() as own, own.begin():
                     receipt = await self._attempt(own, operation, key, hashed, work, native)
                     if within is not None and not receipt.replayed:
@@ -352,23 +366,36 @@ class Ledger:
         return _domain_error(error.orig if isinstance(error, DBAPIError) else error)
 
     async def _call_raw(
-        self, native: tuple[str, dict[str, Any]], key: str, request_hash: str, driver: Any = None
+        self,
+        native: tuple[str, dict[str, Any]],
+        key: str,
+        request_hash: str,
+        driver: Any = None,
+        only_if: Condition | None = None,
     ) -> Receipt:
         """Call a ledger function straight through psycopg on a pooled autocommit connection
-        (or on ``driver``, the caller's, from :func:`.engine.driver_connection`).
+        (or on ``driver``, the caller's, from :func:`.engine.driver_connection`); with
+        ``only_if``, in the same statement only if that condition holds (else :class:`Skipped`).
 
         One statement is one transaction, so autocommit costs a single round trip; skipping the
         SQL layer here matters because this is every money-moving request's path.
         """
         function, args = native
-        statement = f"SELECT {function}({', '.join(['%s'] * (len(args) + 2))})"
+        statement = f"{function}({', '.join(['%s'] * (len(args) + 2))})"
         values = [key, request_hash, *args.values()]
+        if only_if is None:
+            statement = f"SELECT {statement}"
+        else:
+            statement = f"SELECT CASE WHEN {only_if.sql} THEN {statement} END"
+            values = [*only_if.values, *values]
         if driver is not None:
             row = await (await driver.execute(statement, values)).fetchone()
         else:
             async with driver_connection(self._autocommit) as own:
                 row = await (await own.execute(statement, values)).fetchone()
         assert row is not None
+        if row[0] is None:
+            raise Skipped(f"{function} {key!r}: its condition did not hold")
         return Receipt.from_function(row[0])
 
     @staticmethod
@@ -629,12 +656,15 @@ class Ledger:
         seconds: int = 0,
         result: Any = None,
         driver: Any = None,
+        only_if: Condition | None = None,
     ) -> Receipt:
         """PostgreSQL only: :meth:`charge` (``operation="charge"``) or :meth:`refund` a job and,
         in the same single call (``qubix_end_job``), store its ``result`` (when not None) and
         free the provider that holds it. Same key, same receipt, as :meth:`charge` /
         :meth:`refund`: a replay moves nothing and changes nothing. ``driver``: the caller's
-        autocommit psycopg connection to run it on (it reads the job on it after)."""
+        autocommit psycopg connection to run it on (it reads the job on it after).
+        ``only_if``: a condition checked in the same statement first (it may lock the job's
+        row); when it does not hold nothing is done and :class:`Skipped` is raised."""
         if not self._is_native():
             raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
         if operation not in ("charge", "refund"):
@@ -649,7 +679,13 @@ class Ledger:
             raise AssertionError("end_job has no Python path")
 
         return await self._execute(
-            operation, idempotency_key, params, unused, ("qubix_end_job", args), driver=driver
+            operation,
+            idempotency_key,
+            params,
+            unused,
+            ("qubix_end_job", args),
+            driver=driver,
+            only_if=only_if,
         )
 
     async def refund(

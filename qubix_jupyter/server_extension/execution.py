@@ -56,7 +56,7 @@ from ..market.jobs import ResultTooLarge
 from ..market.liveness import ProviderStatus
 from ..market.states import OPEN_JOB_STATES
 from .auth import AuthService
-from .jobs import JobService, on_run
+from .jobs import JobService, RunClock, on_run
 from .liveness import HeartbeatBuffer, Usage
 from .scheduler_directory import SchedulerDirectory
 from .scheduler_endpoints import worker_validator
@@ -83,6 +83,8 @@ class Run:
     provider_id: str
     worker_id: str
     step: int
+    #: The job's charge as this run knows it (its assignment, then its start once stored).
+    clock: RunClock | None = None
     order: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     reported: float = -1.0
     stored: float = -1.0
@@ -233,7 +235,9 @@ class ExecutionService:
     # ------------------------------------------------------------------ dispatch
 
     async def _assigned(self, job: Job, provider: Provider) -> None:
-        run = Run(job.id, provider.id, provider.worker_id, job.reassignments)
+        since = job.started_at or job.assigned_at
+        clock = None if since is None else RunClock(since, job.compute_seconds)
+        run = Run(job.id, provider.id, provider.worker_id, job.reassignments, clock)
         address = self.workers.get(provider.worker_id)
         if address is None and self._external and self.market is not None:
             address = await self._external_address(provider.worker_id)
@@ -339,9 +343,11 @@ class ExecutionService:
                 return  # a report that came later was stored with this one
             run.stored = percent
             with contextlib.suppress(QubixError):  # a late report (finished, moved on) is moot
-                await self._jobs.progress(
+                _, started = await self._jobs.progress(
                     run.job_id, run.owner, worker_id=run.worker_id, reported=percent
                 )
+                if started is not None and run.clock is not None:
+                    run.clock = RunClock(started, run.clock.budget_seconds)
 
     async def _providers_offline(self, worker_ids: list[str]) -> None:
         """Liveness took these providers offline (missed heartbeats): their jobs move on."""
@@ -397,6 +403,7 @@ class ExecutionService:
                     error=error,
                     request_key=f"job:{run.job_id}:run:{run.step}",
                     step=run.step,
+                    clock=run.clock,
                 )
 
     async def _provider_lost(self, job_id: str, provider_id: str | None, *, reason: str) -> None:

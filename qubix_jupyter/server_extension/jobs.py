@@ -44,7 +44,7 @@ from ..db import jobs as db
 from ..db.auth_store import WorkerOwner
 from ..db.engine import autocommit_engine, autocommit_sessions, driver_connection
 from ..db.idempotency_store import Claim
-from ..db.ledger import Ledger, Receipt
+from ..db.ledger import Condition, Ledger, Receipt, Skipped
 from ..db.models import Job, Provider, utcnow
 from ..market.errors import InsufficientFunds, InvalidState
 from ..market.events import MARKETPLACE, EventType, job_channel
@@ -143,6 +143,15 @@ class Payment:
             platformFee=self.platform_fee,
             refund=self.refund,
         )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunClock:
+    """What a run's dispatcher knows of its job's charge: the time it is charged from (its
+    start as stored, else its assignment) and its budget in seconds."""
+
+    since: dt.datetime
+    budget_seconds: int
 
 
 class JobWatch:
@@ -602,19 +611,23 @@ class JobService:
 
     async def progress(
         self, job_id: str, worker: WorkerOwner, *, worker_id: str, reported: float
-    ) -> int:
-        """Store a progress report: RUNNING from the first one; never lower; within 0..100."""
+    ) -> tuple[int, dt.datetime | None]:
+        """Store a progress report: RUNNING from the first one; never lower; within 0..100.
+
+        The progress stored, and on PostgreSQL the job's start as stored (None elsewhere)."""
         percent = reported_progress(reported)
         if worker_id != worker.worker_id:
             raise Forbidden("this job is not assigned to your worker", jobId=job_id)
         check_transition(JobStatus.ASSIGNED, JobStatus.RUNNING)  # what the statement does
         # One conditional statement (no lock held across round trips): it applies only to an
         # open job of this provider, so a late or foreign report changes nothing.
+        started = None
         if self._driver is not None:
             async with driver_connection(self._driver) as driver:
-                stored = await db.advance_progress_on(
+                advanced = await db.advance_progress_on(
                     driver, job_id, worker.provider_id, percent, now=self._clock()
                 )
+            stored, started = (None, None) if advanced is None else advanced
         else:
             async with self._reads() as session, session.begin():
                 stored = await db.advance_progress(
@@ -633,7 +646,7 @@ class JobService:
             EventType.JOB_PROGRESS,
             {"jobId": job_id, "progress": stored, "status": JobStatus.RUNNING.value},
         )
-        return stored
+        return stored, started
 
     async def complete(
         self,
@@ -646,6 +659,7 @@ class JobService:
         error: str | None,
         request_key: str,
         step: int | None = None,
+        clock: RunClock | None = None,
     ) -> tuple[Job, Payment] | None:
         """Settle a job its worker finished: charge the seconds the market measured since it
         started (or was assigned), capped by the budget; pay the provider; refund the rest.
@@ -657,10 +671,38 @@ class JobService:
 
         ``step``: the answer is of that run (the job's ``reassignments`` when it was sent): if
         the job is not open on that run any more, nothing is settled and None is returned.
+        ``clock``: what the run's dispatcher knows of the job's charge (its start and budget):
+        on PostgreSQL the run is then checked in the statement that ends the job, not read first.
         """
         key = f"{request_key}:charge"
         encoded = None if result is None else json.dumps(result, separators=(",", ":"))
         too_large = encoded is not None and len(encoded.encode()) > self.max_result_bytes
+        if too_large:
+            error = (
+                f"the result is {len(encoded.encode())} bytes; the market keeps at most "  # type: ignore[union-attr]
+                f"{self.max_result_bytes}"
+            )
+        if step is not None and clock is not None and self._driver is not None:
+            target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
+            check_transition(JobStatus.RUNNING, target)  # from ASSIGNED through RUNNING too
+            seconds = charged_seconds(
+                clock.since, self._clock(), budget_seconds=clock.budget_seconds
+            )
+            try:
+                receipt, job = await self._end(
+                    job_id,
+                    key=key,
+                    status=target,
+                    error=error,
+                    seconds=seconds,
+                    result=None if too_large else result,
+                    only_if=db.on_run_condition(job_id, worker.provider_id, step),
+                )
+            except Skipped:
+                return None  # an answer of an earlier run: settled (or lost) already
+            if too_large:
+                raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
+            return job, Payment.of(receipt)
         job = await self._job(job_id)
         if step is not None and not on_run(job, worker.provider_id, step):
             return None  # an answer of an earlier run: settled (or lost) already
@@ -669,11 +711,6 @@ class JobService:
         if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
             async with self._reads() as session:
                 receipt = await db.prior_receipt(session, key)
-        if too_large:
-            error = (
-                f"the result is {len(encoded.encode())} bytes; the market keeps at most "  # type: ignore[union-attr]
-                f"{self.max_result_bytes}"
-            )
         if receipt is None:
             target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
             if job.status is JobStatus.ASSIGNED:
@@ -738,12 +775,13 @@ class JobService:
         error: str | None = None,
         seconds: int | None = None,
         result: Any = None,
+        only_if: Condition | None = None,
     ) -> tuple[Receipt, Job]:
         """End a job as ``status``: charged ``seconds`` (None: its whole escrow refunded). In the
         ledger's transaction the result is kept and the provider freed, so the end, the money,
         the result and the free provider commit together (on PostgreSQL as one call). Then
         everyone is told, once; the job as it ended is returned (as it stands, for an answer
-        replayed)."""
+        replayed). ``only_if`` (PostgreSQL): ended only if it holds, else :class:`Skipped`."""
         if self._driver is not None:  # the ledger's native path: one call, then one read
             async with driver_connection(self._driver) as driver:
                 receipt = await self._ledger.end_job(
@@ -755,6 +793,7 @@ class JobService:
                     seconds=seconds or 0,
                     result=result,
                     driver=driver,
+                    only_if=only_if,
                 )
                 job, provider = await db.job_with_provider_on(driver, job_id)
             if receipt.replayed:

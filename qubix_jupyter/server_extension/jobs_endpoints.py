@@ -125,7 +125,7 @@ async def pending_jobs(call: Call) -> BaseModel:
 
 async def report_progress(call: Call) -> BaseModel:
     body: m.ProgressRequest = call.body
-    stored = await _jobs(call).progress(
+    stored, _ = await _jobs(call).progress(
         call.params["jobId"], call.calling_worker, worker_id=body.workerId, reported=body.progress
     )
     return m.ProgressResponse(success=True, progress=stored)

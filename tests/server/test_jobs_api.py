@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -1149,3 +1150,50 @@ async def test_a_jobs_end_wakes_the_assigner_only_while_a_job_may_be_waiting(mar
         assert (await market.job_row(waiting["id"])).status.value == "ASSIGNED"
     finally:
         jobs.start()  # as the extension had it, for its own stop
+
+
+async def test_a_runs_answer_settles_only_on_its_run_and_once(market: Market):
+    """The dispatcher's answer of a run (``step``, with what it knows of the charge): on
+    PostgreSQL the run is checked in the statement that ends the job. An answer of another run,
+    or another provider, settles nothing; the run's own settles once, charged from the time it
+    gave; a repeat of it settles nothing more."""
+    from qubix_jupyter.db.auth_store import WorkerOwner
+    from qubix_jupyter.server_extension.jobs import RunClock
+
+    jobs = market.services.jobs
+    job_id = body_of(await market.create(computeNeeded=1, maxPrice=100))["job"]["id"]
+    await market.backdate(job_id, seconds=900)  # a quarter of an hour: 10 QU at 40 QU/h
+    row = await market.job_row(job_id)
+    assert row.status.value == "ASSIGNED"
+    bob = WorkerOwner(row.provider_id, "bob-1", user_id="", token_id="")
+    clock = RunClock(row.assigned_at, row.compute_seconds)  # as the dispatcher knew it
+
+    async def answer(owner: WorkerOwner, step: int) -> Any:
+        return await jobs.complete(
+            job_id,
+            owner,
+            worker_id=owner.worker_id,
+            succeeded=True,
+            result={"value": 42},
+            error=None,
+            request_key=f"job:{job_id}:run:{step}",
+            step=step,
+            clock=clock,
+        )
+
+    assert await answer(bob, 1) is None  # an answer of another run
+    stranger = WorkerOwner(str(uuid.uuid4()), "bob-1", user_id="", token_id="")
+    assert await answer(stranger, 0) is None  # of another provider
+    assert (await market.job_row(job_id)).status.value == "ASSIGNED"
+    assert await market.balance(market.alice_id) == 960  # nothing moved
+
+    settled = await answer(bob, 0)
+    assert settled is not None
+    job, payment = settled
+    assert job.status.value == "COMPLETED"
+    assert job.result == {"value": 42}
+    assert payment.cost in (10, 11)  # the test itself may take a second
+    assert payment.refund == 40 - payment.cost
+    assert await answer(bob, 0) is None  # settled already: nothing more
+    assert await market.balance(market.alice_id) == 1000 - payment.cost
+    await market.audit_ok()
