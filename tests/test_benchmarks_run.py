@@ -59,3 +59,14 @@ def test_the_reconnect_benchmark_resumes_every_client_without_loss() -> None:
     assert (result["missed_events"], result["duplicate_events"], result["resyncs"]) == (0, 0, 0)
     assert result["events"] == 6
     assert result["baseline_server_restart_s"] > 0
+
+
+@pytest.mark.postgres
+def test_the_wakeup_benchmark_times_each_round_trip_after_its_pause_and_warm() -> None:
+    result = _run("idle_wakeup.py", "--rounds", "3", "--gaps", "0", "0.01")
+    assert result["rounds"] == 3
+    for kind in ("tcp_ping_pong", "postgres_insert"):
+        assert set(result[kind]) == {"0.0", "0.01"}
+        for figures in result[kind].values():
+            for side in ("after_gap_ms", "warm_ms"):
+                assert 0 < figures[side]["p50"] <= figures[side]["max"]
