@@ -119,25 +119,12 @@ _CLAIM_AND_CREATE = (
 
 
 async def create_job_native(
-    session: AsyncSession,
-    job_id: str,
-    user_id: str,
-    *,
-    model_type: str,
-    compute_seconds: int,
-    constraints: JobConstraints,
-    input_data: Any,
-    lock_key: str,
-    release_key: str,
-    created_at: dt.datetime,
-    now: dt.datetime,
+    session: AsyncSession, job_id: str, user_id: str, **fields: Any
 ) -> NativeCreate:
     """PostgreSQL: insert, escrow and assign a job in one call (migration 0007). The escrow
-    keys are the ledger's: ``lock_key`` for the lock, ``release_key`` for the excess."""
-    args = _create_args(
-        job_id, user_id, model_type, compute_seconds, constraints, input_data,
-        lock_key, release_key, created_at, now,
-    )  # fmt: skip
+    keys are the ledger's: ``lock_key`` for the lock, ``release_key`` for the excess (the
+    fields: :func:`_create_args`)."""
+    args = _create_args(job_id, user_id, **fields)
     return _created((await session.execute(_CREATE_JOB, args)).scalar_one())
 
 
@@ -161,6 +148,7 @@ async def create_job_on(
 def _create_args(
     job_id: str,
     user_id: str,
+    *,
     model_type: str,
     compute_seconds: int,
     constraints: JobConstraints,

@@ -66,3 +66,17 @@ class RateLimited(QubixError):
 class ServiceUnavailable(QubixError):
     code = "service_unavailable"
     status = 503
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The market's database did not answer (down, restarting, out of connections): the request
+    may be retried, after ``retry_after`` seconds."""
+
+    code = "database_unavailable"
+
+    def __init__(self, retry_after: int = 1) -> None:
+        super().__init__(
+            f"the market's database does not answer: retry after {retry_after} s",
+            retryAfter=retry_after,
+        )
+        self.retry_after = retry_after

@@ -13,6 +13,7 @@ escapes to tornado, which logs it and calls :meth:`QubixAPIHandler.write_error` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -23,16 +24,19 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.extension.handler import ExtensionHandlerMixin
 from pydantic import BaseModel, ValidationError
+from sqlalchemy import exc as sa_exc
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
 from ..db.idempotency_store import Answer, Claim, ClaimTaken
 from ..market.errors import QubixError
 from .endpoints import Call, Held, Reply, TextReply
 from .errors import (
+    DatabaseUnavailable,
     Forbidden,
     InvalidJSON,
     MethodNotAllowed,
@@ -131,20 +135,35 @@ class _MarketAPI:
         """The one place a domain error becomes an HTTP answer."""
         self.clear_header("Content-Type")
         self.set_status(error.status)
-        if isinstance(error, RateLimited):
+        if isinstance(error, RateLimited | DatabaseUnavailable):
             self.set_header("Retry-After", str(error.retry_after))
         if isinstance(error, MethodNotAllowed):
             self.set_header("Allow", ", ".join(error.details.get("allowed", [])))
         self.log.info("qubix API %s %s: %s", self.request.method, self.request.path, error.code)
         self.finish(json.dumps(error.to_body()))
 
+    def log_exception(self, typ: Any, value: BaseException | None, tb: Any) -> None:
+        if value is not None and database_down(value):  # one line, not a traceback a request
+            self.log.warning(
+                "QUBIX API %s %s: the database does not answer: %s",
+                self.request.method,
+                self.request.path,
+                (str(value).splitlines() or [type(value).__name__])[0],
+            )
+            return
+        super().log_exception(typ, value, tb)  # type: ignore[misc]
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Tornado's error writer: HTTP errors raised by the framework, and unexpected ones.
 
         Tornado has logged an unexpected exception (with its traceback) before calling this; the
-        client gets only a generic body.
+        client gets only a generic body. A database that does not answer is no bug of ours nor
+        the client's mistake: a 503 ``database_unavailable`` to retry after ``Retry-After``.
         """
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None and database_down(exc):
+            self.write_qubix_error(DatabaseUnavailable())
+            return
         if status_code < 500 and isinstance(exc, HTTPError):
             code = _status_code(status_code)
             message = exc.log_message or exc.reason or HTTPStatus(status_code).phrase
@@ -201,8 +220,12 @@ class _RouteDispatch(_MarketAPI):
             await self._release_claim()
             self.write_qubix_error(error)
             return
-        except BaseException:
-            await self._release_claim()
+        except BaseException as error:
+            if database_down(error):  # see write_error; the release may fail the same way
+                with contextlib.suppress(Exception):
+                    await self._release_claim()
+            else:
+                await self._release_claim()
             raise
         if isinstance(result, Answer):  # a retry of a finished request: its first answer
             self.set_status(result.status)
@@ -470,6 +493,18 @@ def _writes_debug(logger: logging.Logger) -> bool:
             return True
         current = current.parent if current.propagate else None
     return False
+
+
+def database_down(error: BaseException) -> bool:
+    """Whether ``error`` says the database did not answer (a lost or refused connection, a
+    server shutting down, a pool with no connection to give), not that a statement was wrong."""
+    if isinstance(error, sa_exc.TimeoutError):  # the pool's: no connection within its timeout
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        error = error.orig if error.orig is not None else error
+    return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError)
 
 
 def serves_on_tornado(routes: dict[str, Route]) -> bool:

@@ -18,6 +18,8 @@ REF = "#/components/schemas/{model}"
 _COMMON_ERRORS = {
     429: "Rate limited; see the `Retry-After` header",
     500: "Unexpected server error (logged; the body is generic)",
+    503: "A dependency does not answer: the database (`database_unavailable`, see the "
+    "`Retry-After` header), or on some routes the chain or settlement",
 }
 #: Answers of every route that takes a request body.
 _BODY_ERRORS = {
@@ -138,7 +140,8 @@ def _operation(route: Route) -> dict[str, Any]:
     for status in route.errors:
         statuses.setdefault(status, _ROUTE_ERRORS.get(status, "Error"))
     for status in sorted(statuses):
-        op["responses"][str(status)] = _error_response(statuses[status])
+        if status not in route.alt_statuses:  # health's 503 is its own body
+            op["responses"][str(status)] = _error_response(statuses[status])
     return op
 
 

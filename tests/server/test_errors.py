@@ -11,7 +11,7 @@ import pytest
 from qubix_jupyter.settlement.keys import KeyPair
 
 from ..conftest import DatabaseURL
-from .conftest import SEED_ALICE, Api, body_of, execute_sql
+from .conftest import SEED_ALICE, Api, body_of, execute_sql, login
 
 ALICE = KeyPair.from_seed(SEED_ALICE).identity
 
@@ -115,6 +115,67 @@ async def test_an_unexpected_error_is_a_generic_500_that_is_logged(
     assert any(r.exc_info and "login_challenges" in str(r.exc_info[1]) for r in caplog.records)
     # the rest of the API is unaffected
     assert (await api("GET", "health")).code == 200
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_database_that_does_not_answer_is_a_503_to_retry_and_the_market_recovers(
+    api: Api, database_url: DatabaseURL, caplog: pytest.LogCaptureFixture
+):
+    """A real outage of the market's database (its connections cut, new ones refused): every
+    request that needs it is a 503 ``database_unavailable`` with ``Retry-After``, one warning
+    line each and no traceback, whether it reads, claims a key or moves money; once the
+    database answers again, so does the market, with nothing half done."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    session = await login(api)
+    token = session["token"]
+    balance = f"wallet/{ALICE}/balance"
+    assert (await api("GET", balance, token=token)).code == 200
+    parts = urlsplit(database_url.url)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    await execute_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    await execute_sql(
+        admin,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name",
+        name=name,
+    )
+    try:
+        body = {"modelType": "python", "computeNeeded": 0.5, "inputData": {}, "maxPrice": 100}
+        with caplog.at_level(logging.INFO):
+            answers = [
+                await api("GET", balance, token=token),
+                await api("GET", balance, token=token),  # a connection refused, not cut
+                await api(
+                    "POST",
+                    "jobs/create",
+                    json_body=body | {"qubicAddress": ALICE},
+                    token=token,
+                    headers={"Idempotency-Key": "during-the-outage"},
+                ),
+                await api("POST", "auth/challenge", json_body={"qubicAddress": ALICE}),
+            ]
+        for answer in answers:
+            assert answer.code == 503, answer.body
+            assert body_of(answer)["error"]["code"] == "database_unavailable"
+            assert answer.headers["Retry-After"] == "1"
+        assert not any(r.exc_info for r in caplog.records)
+        warned = [r for r in caplog.records if "the database does not answer" in r.getMessage()]
+        assert len(warned) == len(answers)
+    finally:
+        await execute_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    assert (await api("GET", balance, token=token)).code == 200
+    # the create refused during the outage left no claim behind: its retry runs now
+    retried = await api(
+        "POST",
+        "jobs/create",
+        json_body={"modelType": "python", "computeNeeded": 0.5, "inputData": {}}
+        | {"maxPrice": 100, "qubicAddress": ALICE},
+        token=token,
+        headers={"Idempotency-Key": "during-the-outage"},
+    )
+    assert retried.code == 402, retried.body  # Alice has no QU: refused for that, not as busy
+    assert body_of(retried)["error"]["code"] == "insufficient_funds"
 
 
 class TestAllowedOrigins:
