@@ -13,7 +13,9 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -578,12 +580,13 @@ class QubixExtension(ExtensionApp):
         if self.role in MARKET and self.serverapp is not None:
             # On the server's loop once it runs: a server that is only initialized and started
             # (pytest-jupyter, embedders) never calls the extension's start hook.
-            self.serverapp.io_loop.add_callback(heartbeats.start)
-            self.serverapp.io_loop.add_callback(jobs.start)
+            loop = self.serverapp.io_loop
+            loop.add_callback(self._start_loop, heartbeats.start)
+            loop.add_callback(self._start_loop, jobs.start)
             if self.execution is not None:
-                self.serverapp.io_loop.add_callback(self._start_execution, self.execution)
+                loop.add_callback(self._start_execution, self.execution)
             if self.settlement_interval > 0:
-                self.serverapp.io_loop.add_callback(settlement.start, self.settlement_interval)
+                loop.add_callback(self._start_loop, settlement.start, self.settlement_interval)
         base_url = self.serverapp.base_url if self.serverapp else "/"
         document = openapi_document(self.routes, base_url)
         if self.role in MARKET:
@@ -647,6 +650,13 @@ class QubixExtension(ExtensionApp):
             worker_ttl_s=self.worker_ttl_seconds,
             max_result_bytes=self.max_result_bytes,
         )
+
+    def _start_loop(self, start: Callable[..., None], *args: Any) -> None:
+        """Start a background loop (liveness, the assigner, settlement) unless the extension
+        was stopped before the server's loop came to it: its stop found nothing to stop then,
+        and the loop would run on a disposed engine."""
+        if not self._stopping:
+            start(*args)
 
     async def _start_execution(self, execution: ExecutionService) -> None:
         if self._stopping:

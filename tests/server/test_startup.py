@@ -170,3 +170,17 @@ async def test_a_stop_waits_for_the_scheduler_start_under_way(api: Api, jp_serve
     assert started == ["begun", "ended"]
     await extension._start_execution(SlowStart())  # after the stop: nothing starts
     assert started == ["begun", "ended"]
+
+
+async def test_a_background_loop_whose_start_comes_after_the_stop_does_not_start(
+    api: Api, jp_serverapp: Any
+):
+    """The liveness, assigner and settlement loops are started by the server's loop once it
+    runs; a stop that came first found nothing to stop, so a start after it must not run them
+    on the disposed engine."""
+    [extension] = jp_serverapp.extension_manager.extension_apps["qubix_jupyter"]
+    started: list[str] = []
+    extension._start_loop(started.append, "before")  # the extension is running: it starts
+    await extension.stop_extension()
+    extension._start_loop(started.append, "after")
+    assert started == ["before"]
