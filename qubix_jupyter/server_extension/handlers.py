@@ -497,7 +497,9 @@ def _writes_debug(logger: logging.Logger) -> bool:
 
 def database_down(error: BaseException) -> bool:
     """Whether ``error`` says the database did not answer (a lost or refused connection, a
-    server shutting down, a pool with no connection to give), not that a statement was wrong."""
+    server shutting down, a pool with no connection to give) or refused for a passing reason
+    (psycopg's OperationalError: a deadlock or serialization failure that outlasted its
+    retries, a cancelled statement), not that a statement was wrong."""
     if isinstance(error, sa_exc.TimeoutError):  # the pool's: no connection within its timeout
         return True
     if isinstance(error, sa_exc.DBAPIError):
