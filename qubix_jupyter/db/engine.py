@@ -130,9 +130,7 @@ def autocommit_sessions(
     engine = sessionmaker.kw["bind"]
     if engine.dialect.name != "postgresql":
         return sessionmaker
-    return async_sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-    )
+    return async_sessionmaker(autocommit_engine(engine), expire_on_commit=False)
 
 
 def autocommit_engine(engine: AsyncEngine) -> AsyncEngine:

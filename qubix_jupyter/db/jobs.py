@@ -29,6 +29,8 @@ from .models import Account, IdempotencyKey, Job, Provider
 CANDIDATES = 200
 
 _Row = TypeVar("_Row", Job, Provider)
+#: OPEN_JOB_STATES as the driver's statements take them (``status = ANY(%s)``).
+_OPEN_STATES = [state.value for state in OPEN_JOB_STATES]
 
 
 def _has_active_job() -> Any:
@@ -288,7 +290,7 @@ async def advance_progress_on(
             {
                 "running": JobStatus.RUNNING.value,
                 "assigned": JobStatus.ASSIGNED.value,
-                "open": [state.value for state in OPEN_JOB_STATES],
+                "open": _OPEN_STATES,
                 "now": now,
                 "percent": percent,
                 "job": job_id,
@@ -305,7 +307,7 @@ def on_run_condition(job_id: str, provider_id: str, step: int) -> Condition:
     return Condition(
         "EXISTS (SELECT 1 FROM jobs WHERE id = %s AND provider_id = %s AND reassignments = %s "
         "AND status = ANY(%s) FOR UPDATE)",
-        (job_id, provider_id, step, [state.value for state in OPEN_JOB_STATES]),
+        (job_id, provider_id, step, _OPEN_STATES),
     )
 
 

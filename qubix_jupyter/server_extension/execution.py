@@ -235,9 +235,7 @@ class ExecutionService:
     # ------------------------------------------------------------------ dispatch
 
     async def _assigned(self, job: Job, provider: Provider) -> None:
-        since = job.started_at or job.assigned_at
-        clock = None if since is None else RunClock(since, job.compute_seconds)
-        run = Run(job.id, provider.id, provider.worker_id, job.reassignments, clock)
+        run = Run(job.id, provider.id, provider.worker_id, job.reassignments, RunClock.of(job))
         address = self.workers.get(provider.worker_id)
         if address is None and self._external and self.market is not None:
             address = await self._external_address(provider.worker_id)

@@ -153,6 +153,12 @@ class RunClock:
     since: dt.datetime
     budget_seconds: int
 
+    @classmethod
+    def of(cls, job: Job) -> RunClock | None:
+        """The job's as its row has it; None for a job never assigned."""
+        since = job.started_at or job.assigned_at
+        return None if since is None else cls(since, job.compute_seconds)
+
 
 class JobWatch:
     """Waits for one job to end: registered at once (the job may not exist yet), so an end
@@ -682,45 +688,40 @@ class JobService:
                 f"the result is {len(encoded.encode())} bytes; the market keeps at most "  # type: ignore[union-attr]
                 f"{self.max_result_bytes}"
             )
+        target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
+        kept = None if too_large else result
         if step is not None and clock is not None and self._driver is not None:
-            target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
             check_transition(JobStatus.RUNNING, target)  # from ASSIGNED through RUNNING too
-            seconds = charged_seconds(
-                clock.since, self._clock(), budget_seconds=clock.budget_seconds
-            )
             try:
-                receipt, job = await self._end(
+                receipt, job = await self._charge(
                     job_id,
+                    clock,
                     key=key,
                     status=target,
                     error=error,
-                    seconds=seconds,
-                    result=None if too_large else result,
+                    result=kept,
                     only_if=db.on_run_condition(job_id, worker.provider_id, step),
                 )
             except Skipped:
                 return None  # an answer of an earlier run: settled (or lost) already
-            if too_large:
-                raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
-            return job, Payment.of(receipt)
-        job = await self._job(job_id)
-        if step is not None and not on_run(job, worker.provider_id, step):
-            return None  # an answer of an earlier run: settled (or lost) already
-        self._require_worker(job, worker, worker_id)
-        receipt = None
-        if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
-            async with self._reads() as session:
-                receipt = await db.prior_receipt(session, key)
-        if receipt is None:
-            target = JobStatus.COMPLETED if succeeded and not too_large else JobStatus.FAILED
-            if job.status is JobStatus.ASSIGNED:
-                check_transition(job.status, JobStatus.RUNNING)
-                check_transition(JobStatus.RUNNING, target)
-            else:
-                check_transition(job.status, target)
-            receipt, job = await self._charge(
-                job, key=key, status=target, error=error, result=None if too_large else result
-            )
+        else:
+            job = await self._job(job_id)
+            if step is not None and not on_run(job, worker.provider_id, step):
+                return None  # an answer of an earlier run: settled (or lost) already
+            self._require_worker(job, worker, worker_id)
+            receipt = None
+            if job.status in TERMINAL_JOB_STATES:  # a retry replays; else it is too late
+                async with self._reads() as session:
+                    receipt = await db.prior_receipt(session, key)
+            if receipt is None:
+                if job.status is JobStatus.ASSIGNED:
+                    check_transition(job.status, JobStatus.RUNNING)
+                    check_transition(JobStatus.RUNNING, target)
+                else:
+                    check_transition(job.status, target)
+                receipt, job = await self._charge_job(
+                    job, key=key, status=target, error=error, result=kept
+                )
         if too_large:  # and a retry of it is told the same
             raise ResultTooLarge(error or "", limit=self.max_result_bytes, jobId=job_id)
         return job, Payment.of(receipt)
@@ -743,25 +744,37 @@ class JobService:
             if job.status is JobStatus.PENDING:
                 receipt, ended = await self._end(job_id, key=key, status=JobStatus.CANCELLED)
             else:
-                receipt, ended = await self._charge(job, key=key, status=JobStatus.CANCELLED)
+                receipt, ended = await self._charge_job(job, key=key, status=JobStatus.CANCELLED)
         return ended, Payment.of(receipt)
+
+    async def _charge_job(self, job: Job, **options: Any) -> tuple[Receipt, Job]:
+        """:meth:`_charge` an ASSIGNED or RUNNING job by its row's clock."""
+        clock = RunClock.of(job)
+        assert clock is not None  # an ASSIGNED or RUNNING job has been assigned
+        return await self._charge(job.id, clock, **options)
 
     async def _charge(
         self,
-        job: Job,
+        job_id: str,
+        clock: RunClock,
         *,
         key: str,
         status: JobStatus,
         error: str | None = None,
         result: Any = None,
+        only_if: Condition | None = None,
     ) -> tuple[Receipt, Job]:
-        """End an ASSIGNED or RUNNING job as ``status``, charged the seconds the market measured
-        since it started (or was assigned), capped by its budget."""
-        since = job.started_at or job.assigned_at
-        assert since is not None  # an ASSIGNED or RUNNING job has been assigned
-        seconds = charged_seconds(since, self._clock(), budget_seconds=job.compute_seconds)
+        """End a job as ``status``, charged the seconds the market measured since it started
+        (or was assigned), capped by its budget (``clock``)."""
+        seconds = charged_seconds(clock.since, self._clock(), budget_seconds=clock.budget_seconds)
         return await self._end(
-            job.id, key=key, status=status, error=error, seconds=seconds, result=result
+            job_id,
+            key=key,
+            status=status,
+            error=error,
+            seconds=seconds,
+            result=result,
+            only_if=only_if,
         )
 
     # ------------------------------------------------------------------ after settlement
