@@ -283,8 +283,9 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
     sessions: Any, runner: asyncio.Runner
 ) -> None:
     """The job's way on PostgreSQL runs on the driver's connection: its create is the same call,
-    and its read gives the objects a session's read gives, every column alike (enums as enums,
-    JSON as data, times with their zone), with its provider and without one."""
+    and its read (alone, or sent behind the create in the same round trip) gives the objects a
+    session's read gives, every column alike (enums as enums, JSON as data, times with their
+    zone), with its provider and without one."""
     from sqlalchemy import inspect as sa_inspect
 
     from qubix_jupyter.db.engine import autocommit_engine, driver_connection
@@ -302,9 +303,10 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
         ledger = Ledger(sessions)
         await ledger.deposit(consumer, 1000, idempotency_key=f"fund-driver-{consumer}")
         ids = [str(uuid.uuid4()), str(uuid.uuid4())]
+        created = []  # the job as each create read it, behind its statement
         async with driver_connection(engine) as driver:
             for job_id in ids:  # the first takes the one offer, the second waits
-                done = await db.create_job_on(
+                done, *as_created = await db.create_job_on(
                     driver,
                     job_id,
                     consumer,
@@ -318,6 +320,8 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
                     now=NOW,
                 )
                 assert done.fresh
+                assert done.provider_id == (None if as_created[1] is None else as_created[1].id)
+                created.append(as_created)
             read = [await db.job_with_provider_on(driver, job_id) for job_id in ids]
             with pytest.raises(UnknownJob):
                 await db.job_with_provider_on(driver, str(uuid.uuid4()))
@@ -332,7 +336,7 @@ def test_the_driver_statements_read_and_create_as_the_session_does(
         assert waiting.status is JobStatus.PENDING
         assert nobody is None
         assert assigned.created_at.tzinfo is not None
-        for (job, by), (want_job, want_by) in zip(read, expected, strict=True):
+        for (job, by), (want_job, want_by) in zip(read + created, expected * 2, strict=True):
             assert columns(job) == columns(want_job)
             assert (by is None) == (want_by is None)
             if by is not None:

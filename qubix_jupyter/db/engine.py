@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -151,3 +152,30 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
         if driver is None or not getattr(driver, "autocommit", False):
             raise RuntimeError("driver statements run on an autocommit PostgreSQL connection")
         yield driver
+
+
+@dataclasses.dataclass(slots=True)
+class Then:
+    """A statement sent right behind another in the same round trip (:func:`pipelined`); its
+    first row is in :attr:`row` once both have run (None: no row)."""
+
+    sql: str
+    params: Sequence[Any] | dict[str, Any]
+    row: Any = None
+
+
+async def pipelined(driver: Any, *statements: tuple[str, Any]) -> list[Any]:
+    """The first row of each statement (None where it gave none), all of them sent to
+    PostgreSQL in one round trip (psycopg's pipeline mode) on ``driver`` (see
+    :func:`driver_connection`).
+
+    They run in order in one transaction, committed after the last: the statement behind a
+    write sees it. The first to fail raises its error and none of them commits.
+    """
+    if len(statements) == 1:  # nothing to send behind it
+        [(sql, params)] = statements
+        cursors = [await driver.execute(sql, params)]
+    else:
+        async with driver.pipeline():
+            cursors = [await driver.execute(sql, params) for sql, params in statements]
+    return [await cursor.fetchone() if cursor.description else None for cursor in cursors]

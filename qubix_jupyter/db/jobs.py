@@ -21,6 +21,7 @@ from ..market.errors import UnknownJob
 from ..market.jobs import unassigned_escrow
 from ..market.matching import JobConstraints
 from ..market.states import OPEN_JOB_STATES, AccountKind, JobStatus, escrow_account_id
+from .engine import Then, pipelined
 from .idempotency_store import CLAIMING, Claim, ClaimTaken
 from .ledger import Condition, Receipt, request_hash
 from .models import Account, IdempotencyKey, Job, Provider
@@ -132,19 +133,23 @@ async def create_job_native(
 
 async def create_job_on(
     driver: Any, job_id: str, user_id: str, *, claim: Claim | None = None, **fields: Any
-) -> NativeCreate:
-    """:func:`create_job_native` on a psycopg connection (:func:`.engine.driver_connection`).
+) -> tuple[NativeCreate, Job, Provider | None]:
+    """:func:`create_job_native` on a psycopg connection (:func:`.engine.driver_connection`),
+    and the job and its provider as they stand after it (:func:`job_with_provider_on`), read
+    in the same round trip.
 
     With ``claim``, the same statement claims the request's Idempotency-Key first and creates
     only if the key was free; else nothing is done and :class:`ClaimTaken` is raised."""
     args = _create_args(job_id, user_id, **fields)
     if claim is None:
-        row = await (await driver.execute(_CREATE_JOB_DRIVER, args)).fetchone()
-        return _created(row[0])
-    row = await (await driver.execute(_CLAIM_AND_CREATE, args | claim.params())).fetchone()
-    if row[0] is None:
+        create: tuple[str, Any] = (_CREATE_JOB_DRIVER, args)
+    else:
+        create = (_CLAIM_AND_CREATE, args | claim.params())
+    created, read = await pipelined(driver, create, (_JOB_WITH_PROVIDER, (job_id,)))
+    if created[0] is None:
+        assert claim is not None  # only a claim's CASE gives no answer
         raise ClaimTaken(claim.key)
-    return _created(row[0])
+    return (_created(created[0]), *job_with_provider_of(read, job_id))
 
 
 def _create_args(
@@ -217,6 +222,17 @@ async def job_with_provider_on(driver: Any, job_id: str) -> tuple[Job, Provider 
     row = None
     if _may_exist(job_id):
         row = await (await driver.execute(_JOB_WITH_PROVIDER, (job_id,))).fetchone()
+    return job_with_provider_of(row, job_id)
+
+
+def read_job_with_provider(job_id: str) -> Then:
+    """:func:`job_with_provider_on`'s read, to send behind another statement (the row for
+    :func:`job_with_provider_of`)."""
+    return Then(_JOB_WITH_PROVIDER, (job_id,))
+
+
+def job_with_provider_of(row: Any, job_id: str) -> tuple[Job, Provider | None]:
+    """The job and its provider from a row of :func:`read_job_with_provider`'s read."""
     if row is None:
         raise UnknownJob(f"no job {job_id!r}", job_id=job_id)
     split = len(_JOB_COLUMNS)

@@ -50,7 +50,7 @@ from ..market.states import (
     escrow_account_id,
     wallet_account_id,
 )
-from .engine import autocommit_engine, autocommit_sessions, driver_connection
+from .engine import Then, autocommit_engine, autocommit_sessions, driver_connection, pipelined
 from .models import Account, IdempotencyKey, Job, Provider, Transaction, new_id, utcnow
 
 MAX_KEY_LENGTH = 200
@@ -271,6 +271,7 @@ class Ledger:
         session: AsyncSession | None = None,
         driver: Any = None,
         only_if: Condition | None = None,
+        then: Then | None = None,
     ) -> Receipt:
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
             raise InvalidIdempotencyKey(
@@ -295,7 +296,7 @@ class Ledger:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
-                    return await self._call_raw(native, key, hashed, driver, only_if)
+                    return await self._call_raw(native, key, hashed, driver, only_if, then)
                 async with self._sessionmaker() as own, own.begin():
                     receipt = await self._attempt(own, operation, key, hashed, work, native)
                     if within is not None and not receipt.replayed:
@@ -372,10 +373,12 @@ class Ledger:
         request_hash: str,
         driver: Any = None,
         only_if: Condition | None = None,
+        then: Then | None = None,
     ) -> Receipt:
         """Call a ledger function straight through psycopg on a pooled autocommit connection
         (or on ``driver``, the caller's, from :func:`.engine.driver_connection`); with
-        ``only_if``, in the same statement only if that condition holds (else :class:`Skipped`).
+        ``only_if``, in the same statement only if that condition holds (else :class:`Skipped`);
+        with ``then``, that statement behind it in the same round trip (:func:`.pipelined`).
 
         One statement is one transaction, so autocommit costs a single round trip; skipping the
         SQL layer here matters because this is every money-moving request's path.
@@ -388,11 +391,16 @@ class Ledger:
         else:
             statement = f"SELECT CASE WHEN {only_if.sql} THEN {statement} END"
             values = [*only_if.values, *values]
+        statements: list[tuple[str, Any]] = [(statement, values)]
+        if then is not None:
+            statements.append((then.sql, then.params))
         if driver is not None:
-            row = await (await driver.execute(statement, values)).fetchone()
+            row, *after = await pipelined(driver, *statements)
         else:
             async with driver_connection(self._autocommit) as own:
-                row = await (await own.execute(statement, values)).fetchone()
+                row, *after = await pipelined(own, *statements)
+        if then is not None:
+            then.row = after[0]
         assert row is not None
         if row[0] is None:
             raise Skipped(f"{function} {key!r}: its condition did not hold")
@@ -657,6 +665,7 @@ class Ledger:
         result: Any = None,
         driver: Any = None,
         only_if: Condition | None = None,
+        then: Then | None = None,
     ) -> Receipt:
         """PostgreSQL only: :meth:`charge` (``operation="charge"``) or :meth:`refund` a job and,
         in the same single call (``qubix_end_job``), store its ``result`` (when not None) and
@@ -664,7 +673,9 @@ class Ledger:
         :meth:`refund`: a replay moves nothing and changes nothing. ``driver``: the caller's
         autocommit psycopg connection to run it on (it reads the job on it after).
         ``only_if``: a condition checked in the same statement first (it may lock the job's
-        row); when it does not hold nothing is done and :class:`Skipped` is raised."""
+        row); when it does not hold nothing is done and :class:`Skipped` is raised. ``then``: a
+        statement (a read of the job) sent behind the call in the same round trip and
+        transaction, its row kept in ``then.row``."""
         if not self._is_native():
             raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
         if operation not in ("charge", "refund"):
@@ -686,6 +697,7 @@ class Ledger:
             ("qubix_end_job", args),
             driver=driver,
             only_if=only_if,
+            then=then,
         )
 
     async def refund(

@@ -405,12 +405,12 @@ class JobService:
     ) -> tuple[Job, _Assignment | None, int]:
         """:meth:`_create` on PostgreSQL: the same transaction as one call of
         ``qubix_create_job`` (same escrow keys, same order of offers; the request's claim in
-        the same statement), then one read."""
+        the same statement), and the read of the job behind it in the same round trip."""
         created_at = utcnow()  # as the row's default would be, then the assignment's clock
         now = self._clock()
         assert self._driver is not None  # the native path is PostgreSQL's
         async with driver_connection(self._driver) as driver:
-            done = await db.create_job_on(
+            done, job, provider = await db.create_job_on(
                 driver,
                 job_id,
                 user_id,
@@ -422,7 +422,6 @@ class JobService:
                 claim=claim,
                 **fields,
             )
-            job, provider = await db.job_with_provider_on(driver, job_id)
         if not done.fresh:
             return job, None, 0
         if provider is not None:
@@ -489,6 +488,9 @@ class JobService:
             await self._fail_unassignable(job)
         elif assignment.taken is not None:
             self._run_hooks(self.on_assigned, job, assignment.taken)
+            # The dispatcher's hook starts first: it is the job's way to its worker, the events
+            # and the wallets' read after it are not.
+            await asyncio.sleep(0)
             self._publish_job(EventType.JOB_ASSIGNED, job, assignment.taken.worker_id)
             self._publish_offer(assignment.taken)
 
@@ -795,7 +797,8 @@ class JobService:
         the result and the free provider commit together (on PostgreSQL as one call). Then
         everyone is told, once; the job as it ended is returned (as it stands, for an answer
         replayed). ``only_if`` (PostgreSQL): ended only if it holds, else :class:`Skipped`."""
-        if self._driver is not None:  # the ledger's native path: one call, then one read
+        if self._driver is not None:  # the ledger's native path: one call, the read behind it
+            read = db.read_job_with_provider(job_id)
             async with driver_connection(self._driver) as driver:
                 receipt = await self._ledger.end_job(
                     job_id,
@@ -807,8 +810,9 @@ class JobService:
                     result=result,
                     driver=driver,
                     only_if=only_if,
+                    then=read,
                 )
-                job, provider = await db.job_with_provider_on(driver, job_id)
+            job, provider = db.job_with_provider_of(read.row, job_id)
             if receipt.replayed:
                 return receipt, job
             freed = provider if provider is not None and provider.current_job_id is None else None
