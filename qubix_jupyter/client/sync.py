@@ -1,9 +1,12 @@
 """The blocking client for scripts and notebook cells.
 
 A Jupyter kernel already runs an event loop on its main thread, so blocking on a coroutine there
-is impossible; :class:`MarketClient` therefore runs its :class:`~.aio.AsyncMarketClient` on one
-private event loop in a daemon thread (shared by every blocking client of the process) and waits
-for each call's answer. The same code works in a plain script, in a cell and in a thread.
+is impossible. :class:`MarketClient` runs each call of its :class:`~.aio.AsyncMarketClient` on
+the caller's own thread instead, with no event loop (:func:`~.aio.run_blocking`): the call's
+requests go through a synchronous HTTP client and its waits sleep the thread. The event
+subscriptions, which live on, run on one private event loop in a daemon thread (shared by every
+blocking client of the process). The same code works in a plain script, in a cell and in a
+thread.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, ParamSpec, TypeVar
 
-from .aio import AsyncMarketClient
+import httpx
+
+from .aio import AsyncMarketClient, run_blocking
 from .events import AsyncSubscription, ConnectionState, Event
 
 P = ParamSpec("P")
@@ -59,7 +64,7 @@ class _LoopThread:
 def _blocking(method: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., R]:
     @functools.wraps(method)
     def call(self: MarketClient, *args: Any, **kwargs: Any) -> R:
-        return self._run(method(self.aio, *args, **kwargs))
+        return run_blocking(method(self.aio, *args, **kwargs), self._http())  # type: ignore[no-any-return]
 
     return call
 
@@ -74,6 +79,15 @@ class MarketClient:
     def __init__(self, url: str | None = None, token: str | None = None, **options: Any) -> None:
         self._loop = _LoopThread.shared()
         self.aio = AsyncMarketClient(url, token, **options)
+        self._blocking_http: httpx.Client | None = None
+        self._http_lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        """The synchronous HTTP client of the calls (one pool, shared by the caller threads)."""
+        with self._http_lock:
+            if self._blocking_http is None:
+                self._blocking_http = httpx.Client(timeout=self.aio.timeout, follow_redirects=False)
+            return self._blocking_http
 
     def _run(self, coro: Coroutine[Any, Any, R], timeout: float | None = None) -> R:
         return self._loop.run(coro, timeout)
@@ -92,6 +106,10 @@ class MarketClient:
 
     def close(self) -> None:
         self._run(self.aio.aclose())
+        with self._http_lock:
+            http, self._blocking_http = self._blocking_http, None
+        if http is not None:
+            http.close()
 
     def __enter__(self) -> MarketClient:
         return self

@@ -8,6 +8,7 @@ import contextlib
 from urllib.parse import urlsplit
 
 from qubix_jupyter.client import AsyncMarketClient, MarketClient
+from qubix_jupyter.client.sync import _LoopThread
 
 from .conftest import Market
 
@@ -101,5 +102,40 @@ async def test_the_blocking_client_works_where_an_event_loop_already_runs(market
     try:
         assert client.health().status == "ok"
         assert client.providers(limit=1).limit == 1
+    finally:
+        client.close()
+
+
+async def test_the_blocking_client_retries_a_lost_answer_on_its_callers_thread(market: Market):
+    """The blocking client's calls run on their caller's thread, its retries too: a deposit
+    whose answer is lost is sent again with its key (from a worker thread here, as the proxy
+    runs on this test's loop) and credited once."""
+    direct = AsyncMarketClient(market.url, seed="r" * 55)
+    await direct.sign_in()
+    proxy = LosesFirstAnswer(market.url)
+    through = MarketClient(await proxy.start(), token=direct.token, retries=2)
+    try:
+        deposit = await asyncio.to_thread(through.deposit, 250)
+        assert deposit.amount == 250
+        assert len(proxy.requests) == 2
+        assert len({_idempotency_key(head) for head in proxy.requests}) == 1
+        assert (await direct.balance()).balance == 250
+    finally:
+        await asyncio.to_thread(through.close)
+        await direct.aclose()
+        await proxy.stop()
+
+
+def test_a_blocking_call_needs_no_event_loop_of_its_own(market: Market):
+    """A blocking call answers on the thread that makes it, even the thread of the loop that
+    carries the client's event subscriptions (a callback of theirs may call the market)."""
+    client = MarketClient(market.url)
+    loop = _LoopThread.shared().loop
+
+    async def from_the_loop_thread() -> str:
+        return client.health().status
+
+    try:
+        assert asyncio.run_coroutine_threadsafe(from_the_loop_thread(), loop).result(30) == "ok"
     finally:
         client.close()
