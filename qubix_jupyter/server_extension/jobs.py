@@ -177,7 +177,9 @@ class JobWatch:
         the job as it stands then (ended elsewhere, or not)."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                return await asyncio.shield(self._ended)
+                # The watch's own future (a timeout cancels nothing another request waits on),
+                # not shielded: its end wakes this request's task in the very next turn.
+                return await self._ended
         job, provider = await self._service.get(self.job_id)
         return job, None if provider is None else provider.worker_id
 
@@ -280,10 +282,14 @@ class JobService:
         """Watch for the end of a job (see :class:`JobWatch`); it may not exist yet."""
         return JobWatch(self, job_id)
 
-    def _wake_waiters(self, job: Job, worker_id: str | None) -> None:
+    def _wake_waiters(self, job: Job, worker_id: str | None) -> bool:
+        """Answer the requests waiting for the job's end; whether there were any."""
+        woke = False
         for ended in self._finish_waiters.get(job.id, ()):
             if not ended.done():
                 ended.set_result((job, worker_id))
+                woke = True
+        return woke
 
     async def of_consumer(
         self, user_id: str, *, status: JobStatus | None, offset: int, limit: int
@@ -860,7 +866,10 @@ class JobService:
     ) -> tuple[Receipt, Job]:
         """A job has just ended (``receipt``): wake its result requests, tell everyone."""
         job_id = job.id
-        self._wake_waiters(job, None if owner is None else owner[1])
+        if self._wake_waiters(job, None if owner is None else owner[1]):
+            # Their answers are written first (each woken task runs in the next turn of the
+            # loop): the events and the wallets' read after them are nobody's answer.
+            await asyncio.sleep(0)
         kind = EventType.JOB_FAILED if job.status is JobStatus.FAILED else EventType.JOB_COMPLETED
         self._publish_job(kind, job, None if owner is None else owner[1])
         if freed is not None:
