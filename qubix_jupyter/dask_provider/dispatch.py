@@ -23,20 +23,28 @@ from .worker_plugin import current_plugin
 log = logging.getLogger(__name__)
 
 
-def execute(job_id: str, kind: str, payload: Any, limits: JobLimits) -> JobResult:
-    """The task on the worker: one job in its child process, progress relayed by the plugin."""
+def execute(
+    job_id: str, kind: str, payload: Any, limits: JobLimits, relay: str | None = None
+) -> JobResult:
+    """The task on the worker: one job in its child process, progress relayed by the plugin.
+
+    ``relay``: the task's key, when the market's scheduler takes results on the worker's stream:
+    a small result is sent there too, tagged with it, the moment the child returns it."""
     plugin = current_plugin()
     if plugin is None:
         return run_job(kind, payload, limits)
     plugin.job_started(job_id)
     try:
-        return run_job(
+        result = run_job(
             kind,
             payload,
             limits,
             on_progress=lambda fraction: plugin.report_progress(job_id, fraction),
             should_stop=lambda: job_id in plugin.stopping,
         )
+        if relay is not None:
+            plugin.relay_result(job_id, relay, result)
+        return result
     finally:
         plugin.job_finished(job_id)
 
@@ -58,18 +66,25 @@ class DispatchCallbacks:
     on_worker_lost: Callable[[str, str], None]
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class _Running:
     future: Future
     worker_name: str
     worker_address: str
+    key: str
     lost: bool = False
 
 
 class Dispatcher:
-    def __init__(self, client: Client, callbacks: DispatchCallbacks) -> None:
+    """``relay_results``: the scheduler takes small results on the workers' streams (the
+    market's own, see :data:`.scheduler.RESULT_OP`) and hands them to :meth:`relayed`."""
+
+    def __init__(
+        self, client: Client, callbacks: DispatchCallbacks, *, relay_results: bool = False
+    ) -> None:
         self._client = client
         self._callbacks = callbacks
+        self._relay = relay_results
         self._running: dict[str, _Running] = {}
         self._watchers: set[asyncio.Future[None]] = set()
 
@@ -97,22 +112,36 @@ class Dispatcher:
         """
         if job_id in self._running:
             raise ValueError(f"job {job_id} is already running")
+        key = key or f"qubix-job-{job_id}"
         future = self._client.submit(
             execute,
             job_id,
             kind,
             payload,
             limits,
-            key=key or f"qubix-job-{job_id}",
+            key if self._relay else None,
+            key=key,
             workers=[worker_address],
             allow_other_workers=False,
             resources={"GPU": 1} if gpu else None,
             retries=0,
             pure=False,
         )
-        self._running[job_id] = _Running(future, worker_name, worker_address)
-        self._watchers.add(watcher := asyncio.ensure_future(self._watch(job_id, future)))
+        running = self._running[job_id] = _Running(future, worker_name, worker_address, key)
+        self._watchers.add(watcher := asyncio.ensure_future(self._watch(job_id, running)))
         watcher.add_done_callback(self._watchers.discard)
+
+    def relayed(self, job_id: str, key: str, worker_name: str, result: JobResult) -> None:
+        """Wire from the scheduler plugin: a worker relayed a result. That of the job's task
+        now (its key, from its worker) answers ``on_result`` at once, and the task is let go:
+        its own end, right behind, answers nothing and its result is not fetched again.
+        Anything else is ignored."""
+        running = self._running.get(job_id)
+        if running is None or running.key != key or running.worker_name != worker_name:
+            return
+        del self._running[job_id]
+        running.future.release()
+        self._callbacks.on_result(job_id, result)
 
     def worker_offline(self, worker_name: str) -> None:
         """Wire from the scheduler plugin: every job on that worker is lost with it."""
@@ -130,11 +159,11 @@ class Dispatcher:
             return
         await self._client.run(_stop_on_worker, job_id, workers=[running.worker_address])
 
-    async def _watch(self, job_id: str, future: Future) -> None:
+    async def _watch(self, job_id: str, running: _Running) -> None:
         failure: JobExecutionError | None = None
         result: JobResult | None = None
         try:
-            result = await future
+            result = await running.future
         except asyncio.CancelledError:
             failure = JobProcessDied("the job was stopped", stopped=True)
         except JobExecutionError as error:
@@ -142,9 +171,9 @@ class Dispatcher:
         except Exception as error:  # the task itself failed (serialization, a worker fault)
             log.error("QUBIX job %s: the task failed outside the runner: %r", job_id, error)
             failure = JobProcessDied(f"the task failed: {error!r}")
-        running = self._running.pop(job_id, None)
-        if running is None or running.lost:
-            return  # already answered as lost with its worker
+        if self._running.get(job_id) is not running or running.lost:
+            return  # answered already: lost with its worker, or its result relayed
+        del self._running[job_id]
         if failure is not None:
             self._callbacks.on_failure(job_id, failure)
         else:

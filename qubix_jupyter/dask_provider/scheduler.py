@@ -10,8 +10,9 @@ worker is admitted only with a valid worker token, which its preload
 (:mod:`.worker_plugin`) presents in the worker's startup information.
 
 :class:`MarketSchedulerPlugin` turns worker arrivals and departures into provider
-online/offline callbacks, task transitions into job callbacks, and the workers' ``qubix-progress``
-events into progress callbacks.
+online/offline callbacks, task transitions into job callbacks, the workers' ``qubix-progress``
+events into progress callbacks, and the small results they relay on their stream
+(``qubix-job-result``) into result callbacks.
 """
 
 from __future__ import annotations
@@ -28,12 +29,21 @@ from distributed.comm import Comm
 from distributed.core import error_message
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from .runners import JobResult
+
 log = logging.getLogger(__name__)
 
 #: The key of the worker's startup information that carries its worker token.
 TOKEN_KEY = "qubix-worker-token"
 #: The event topic on which workers relay job progress (``{"jobId", "fraction"}``).
 PROGRESS_TOPIC = "qubix-progress"
+#: The worker-stream message that carries a small result to the market's own scheduler as the
+#: job's child returns it (``{"jobId", "key", "data", "seconds"}``): ahead of the task's end,
+#: and of the market fetching the result from the worker after it.
+RESULT_OP = "qubix-job-result"
+#: Results up to this size are relayed (the stream is every message of the worker's); larger
+#: ones come the usual way.
+RELAY_MAX_BYTES = 64 * 1024
 #: A silent worker is removed after this long (seconds; distributed's ``worker-ttl``).
 DEFAULT_WORKER_TTL_S = 15.0
 
@@ -224,6 +234,8 @@ class SchedulerCallbacks:
     task_transition: Callable[[str, str, str], None] | None = None
     #: (job id, fraction 0–1, worker name) as the worker relays it.
     job_progress: Callable[[str, float, str], None] | None = None
+    #: (job id, task key, worker name, result) when a worker relays a result (``RESULT_OP``).
+    job_result: Callable[[str, str, str, JobResult], None] | None = None
 
 
 class MarketSchedulerPlugin(SchedulerPlugin):
@@ -263,6 +275,21 @@ class MarketSchedulerPlugin(SchedulerPlugin):
         job, fraction = msg.get("jobId"), msg.get("fraction")
         if name is not None and isinstance(job, str) and isinstance(fraction, int | float):
             self._call(self._callbacks.job_progress, job, float(fraction), name)
+
+    def relayed_result(self, worker: str, **msg: Any) -> None:
+        """A worker stream's ``RESULT_OP`` (only an admitted worker has a stream; the
+        scheduler names the worker it came from)."""
+        name = self._names.get(worker)
+        job, key, data, seconds = (msg.get(k) for k in ("jobId", "key", "data", "seconds"))
+        if (
+            name is not None
+            and isinstance(job, str)
+            and isinstance(key, str)
+            and isinstance(data, bytes)
+            and len(data) <= RELAY_MAX_BYTES
+            and isinstance(seconds, int | float)
+        ):
+            self._call(self._callbacks.job_result, job, key, name, JobResult(data, float(seconds)))
 
 
 # ---------------------------------------------------------------------------- start / connect
@@ -313,7 +340,9 @@ async def start_scheduler(
             validate=False,
         )
         guard = SchedulerGuard(scheduler, validate_worker)
-        scheduler.add_plugin(MarketSchedulerPlugin(callbacks))
+        plugin = MarketSchedulerPlugin(callbacks)
+        scheduler.add_plugin(plugin)
+        scheduler.stream_handlers[RESULT_OP] = plugin.relayed_result
         await scheduler
     listen_args = (security or Security()).get_listen_args("scheduler")
     await scheduler.listen(

@@ -1,4 +1,5 @@
-"""The provider's side of a worker: metrics heartbeat, progress relay and the GPU temperature guard.
+"""The provider's side of a worker: metrics heartbeat, progress and result relay, and the GPU
+temperature guard.
 
 ``dask worker --preload qubix_jupyter.dask_provider.worker_plugin`` (what ``qubix provide``
 starts) reads its settings from the environment the launcher gives it — ``QUBIX_WORKER_TOKEN``
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from . import runners
-from .scheduler import PROGRESS_TOPIC, TOKEN_KEY
+from .scheduler import PROGRESS_TOPIC, RELAY_MAX_BYTES, RESULT_OP, TOKEN_KEY
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -209,6 +210,21 @@ class QubixWorkerPlugin(WorkerPlugin):
             return
         message = {"jobId": job_id, "fraction": fraction}  # the scheduler adds the worker
         worker.loop.add_callback(worker.log_event, PROGRESS_TOPIC, message)
+
+    def relay_result(self, job_id: str, key: str, result: runners.JobResult) -> None:
+        """From the job's thread: a small result straight to the market's scheduler on the
+        worker's stream, ahead of the task's own end (a larger one comes only that way)."""
+        worker = self._worker
+        if worker is None or len(result.data) > RELAY_MAX_BYTES:
+            return
+        message = {
+            "op": RESULT_OP,
+            "jobId": job_id,
+            "key": key,
+            "data": result.data,
+            "seconds": result.seconds,
+        }
+        worker.loop.add_callback(worker.batched_stream.send, message)
 
     # ---------------------------------------------------------------- heartbeat
 

@@ -6,7 +6,9 @@ the server's loop or external) and the :class:`~..dask_provider.dispatch.Dispatc
 
 * A job ASSIGNED to a provider whose worker is connected is submitted pinned to that worker
   (once the worker connects, when it is not yet); the task's start makes the job RUNNING and
-  the worker's progress reports are stored through :meth:`JobService.progress`.
+  the worker's progress reports are stored through :meth:`JobService.progress`. On the
+  embedded scheduler a small result comes on the worker's own stream the moment the job's
+  child returns it (:meth:`Dispatcher.relayed`), not after the task's end and a fetch.
 * A result completes the job (charged the seconds the market measured, capped by the budget);
   it is kept as ``{"kind": "pickle", "payload": base64}``, which ``qubix.Job.result`` unpickles.
 * The consumer's fault (its code raised, its budget ran out, its result is over the cap) fails
@@ -162,6 +164,7 @@ class ExecutionService:
                     worker_offline=self._worker_offline,
                     task_transition=self._task_transition,
                     job_progress=self._job_progress,
+                    job_result=self._job_result,
                 ),
                 host=host,
                 port=port,
@@ -177,6 +180,8 @@ class ExecutionService:
                 on_failure=self._on_failure,
                 on_worker_lost=self._on_worker_lost,
             ),
+            # The embedded scheduler takes small results on the workers' streams.
+            relay_results=self.market.scheduler is not None,
         )
         self._jobs.on_assigned.append(self._assigned)
         self._jobs.on_finished.append(self._finished)
@@ -329,6 +334,10 @@ class ExecutionService:
         run = self.runs.get(job_id)
         if run is not None and run.worker_id == worker_name:
             self._report(run, fraction * 100)
+
+    def _job_result(self, job_id: str, key: str, worker_name: str, result: JobResult) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.relayed(job_id, key, worker_name, result)
 
     def _report(self, run: Run, percent: float) -> None:
         run.reported = max(run.reported, percent)

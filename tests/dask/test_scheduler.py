@@ -34,6 +34,8 @@ class Heard:
         self.offline: list[str] = []
         self.progress: list[tuple[str, float]] = []
         self.progress_from: dict[str, str] = {}  # job → the worker name that reported it
+        self.relayed: list[tuple[str, str, str]] = []  # (job, task key, worker name)
+        self.relay_to: Dispatcher | None = None
         self.changed = asyncio.Event()
         self.offline_listeners: list = []  # type: ignore[type-arg]
 
@@ -53,7 +55,12 @@ class Heard:
             self.progress_from[job] = worker
             self.changed.set()
 
-        return SchedulerCallbacks(online, offline, job_progress=progress)
+        def result(job: str, key: str, worker: str, outcome: JobResult) -> None:
+            self.relayed.append((job, key, worker))
+            if self.relay_to is not None:
+                self.relay_to.relayed(job, key, worker, outcome)
+
+        return SchedulerCallbacks(online, offline, job_progress=progress, job_result=result)
 
     async def until(self, condition, within_s: float = 60) -> None:  # type: ignore[no-untyped-def]
         async with asyncio.timeout(within_s):
@@ -97,19 +104,29 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
                     msg={"jobId": "job-1", "fraction": 1.0, "worker": good_address},
                 )
 
-        # The market's own client runs a job on that worker, with progress relayed.
+        # The market's own client runs a job on that worker, with progress relayed, and its
+        # small result relayed on the worker's stream.
         results: dict[str, JobResult] = {}
         failures: dict[str, JobExecutionError] = {}
         lost: dict[str, str] = {}
+        answered: list[str] = []  # each answer of the dispatcher, in order
         done = asyncio.Event()
+
+        def answer(into: dict, job: str, value: object) -> None:  # type: ignore[type-arg]
+            into[job] = value
+            answered.append(job)
+            done.set()
+
         dispatcher = Dispatcher(
             market.client,
             DispatchCallbacks(
-                on_result=lambda job, r: (results.__setitem__(job, r), done.set()),
-                on_failure=lambda job, e: (failures.__setitem__(job, e), done.set()),
-                on_worker_lost=lambda job, w: (lost.__setitem__(job, w), done.set()),
+                on_result=lambda job, r: answer(results, job, r),
+                on_failure=lambda job, e: answer(failures, job, e),
+                on_worker_lost=lambda job, w: answer(lost, job, w),
             ),
+            relay_results=True,
         )
+        heard.relay_to = dispatcher
 
         def work(n: int) -> int:
             import qubix_jupyter as qubix
@@ -130,9 +147,25 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
         async with asyncio.timeout(60):
             await done.wait()
         assert pickle.loads(results["job-1"].data) == 42
+        assert heard.relayed == [("job-1", "qubix-job-job-1", "w-good")]
         await heard.until(lambda: ("job-1", 0.5) in heard.progress)
         assert heard.progress_from["job-1"] == "w-good"
         assert ("job-1", 1.0) not in heard.progress  # the forged event above was not heard
+
+        # A result over the relay's size comes the task's way, whole.
+        done.clear()
+        dispatcher.dispatch(
+            "job-big",
+            "python",
+            python_payload(bytes, 100_000),
+            worker_name="w-good",
+            worker_address=worker_address,
+            limits=JobLimits(time_budget_s=60),
+        )
+        async with asyncio.timeout(60):
+            await done.wait()
+        assert pickle.loads(results["job-big"].data) == bytes(100_000)
+        assert [job for job, _, _ in heard.relayed] == ["job-1"]
 
         # A failing job comes back typed, the worker lives on.
         done.clear()
@@ -169,11 +202,18 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
             limits=JobLimits(time_budget_s=300),
         )
         await heard.until(lambda: ("job-3", 0.1) in heard.progress)
+        # A relayed result that is not of the job's task now (another key, another worker)
+        # answers nothing.
+        dispatcher.relayed("job-3", "qubix-job-job-3-old", "w-good", JobResult(b"x", 0.1))
+        dispatcher.relayed("job-3", "qubix-job-job-3", "w-other", JobResult(b"x", 0.1))
         await dispatcher.stop("job-3")
         async with asyncio.timeout(60):
             await done.wait()
         assert failures["job-3"].details.get("stopped") is True
+        assert "job-3" not in results
         assert dispatcher.running == {}
+        # Each job was answered once: the relayed one's task end answered nothing more.
+        assert answered == ["job-1", "job-big", "job-2", "job-3"]
 
         # SIGKILL: the connection drops and the worker is reported lost.
         killed = start_worker(address, "w-kill", TOKENS["w-kill"], tmp_path)
