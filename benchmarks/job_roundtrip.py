@@ -5,7 +5,8 @@ two CPU providers through :class:`ProviderLauncher` (``qubix provide``), and mea
 
 * ``roundtrip``: a no-op ``python`` job, submit → result through the market API in one exchange
   (``POST jobs/create?wait=``, answered when the job ends, as ``qubix.run`` does; in the idle
-  phase also ``two_calls``: the create, then ``GET jobs/{id}/result?wait=``), against
+  phase also ``two_calls``: the create, then ``GET jobs/{id}/result?wait=``, and ``health``:
+  ``GET health``, the HTTP round trip to the market with no database in it), against
   ``raw_execute``: the
   same no-op through the same runner task (``dispatch.execute``: the job's child process)
   submitted with ``client.submit`` to a plain scheduler and a worker started the way the
@@ -306,8 +307,15 @@ def main() -> None:
             roundtrip = [market_roundtrip() for _ in range(args.jobs)]
             raw_execute = [raw.execute(raw_payload) for _ in range(args.jobs)]
             raw_submit = [raw.submit() for _ in range(args.jobs)]
+
+            def health() -> float:
+                """``GET health``: the HTTP round trip to the market alone (no database)."""
+                start = time.monotonic()
+                assert bench.consumer.health().status == "ok"
+                return time.monotonic() - start
+
             idle: dict[str, list[float]] = {
-                "roundtrip": [], "raw_execute": [], "raw_submit": [], "two_calls": []
+                "roundtrip": [], "raw_execute": [], "raw_submit": [], "two_calls": [], "health": []
             }  # fmt: skip
             for _ in range(args.jobs):
                 for name, call in (
@@ -315,6 +323,7 @@ def main() -> None:
                     ("raw_submit", raw.submit),
                     ("roundtrip", market_roundtrip),
                     ("two_calls", two_calls),
+                    ("health", health),
                 ):
                     time.sleep(args.gap)
                     idle[name].append(call())

@@ -25,7 +25,7 @@ def test_the_job_roundtrip_benchmark_prints_one_json_line_of_figures() -> None:
         assert result[phase]["n"] == 2
         assert {"p50_ms", "p99_ms", "max_ms"} <= set(result[phase])
     assert result["started_to_completed"]["n"] == 4  # the market's jobs of both phases
-    for phase in ("roundtrip", "raw_execute", "raw_submit", "two_calls"):
+    for phase in ("roundtrip", "raw_execute", "raw_submit", "two_calls", "health"):
         assert result["idle"][phase]["n"] == 2
     assert set(result["idle"]["market_adds_ms"]) == {"p50_ms", "p99_ms"}
     assert result["assign"]["created_to_assigned"]["n"] == 4  # both phases' market jobs
