@@ -128,6 +128,22 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
         )
         heard.relay_to = dispatcher
 
+        def run(job: str, payload: object, *, on: str = "w-good", budget_s: float = 60) -> None:
+            """Dispatch a ``python`` job to the worker named ``on``."""
+            address = next(
+                a
+                for a, w in market.scheduler.workers.items()  # type: ignore[union-attr]
+                if w.name == on
+            )
+            dispatcher.dispatch(
+                job,
+                "python",
+                payload,
+                worker_name=on,
+                worker_address=address,
+                limits=JobLimits(time_budget_s=budget_s),
+            )
+
         def work(n: int) -> int:
             import qubix_jupyter as qubix
 
@@ -135,15 +151,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
             return n + 1
 
         heard.offline_listeners.append(dispatcher.worker_offline)
-        worker_address = next(iter(market.scheduler.workers))  # type: ignore[union-attr]
-        dispatcher.dispatch(
-            "job-1",
-            "python",
-            python_payload(work, 41),
-            worker_name="w-good",
-            worker_address=worker_address,
-            limits=JobLimits(time_budget_s=60),
-        )
+        run("job-1", python_payload(work, 41))
         async with asyncio.timeout(60):
             await done.wait()
         assert pickle.loads(results["job-1"].data) == 42
@@ -154,14 +162,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
 
         # A result over the relay's size comes the task's way, whole.
         done.clear()
-        dispatcher.dispatch(
-            "job-big",
-            "python",
-            python_payload(bytes, 100_000),
-            worker_name="w-good",
-            worker_address=worker_address,
-            limits=JobLimits(time_budget_s=60),
-        )
+        run("job-big", python_payload(bytes, 100_000))
         async with asyncio.timeout(60):
             await done.wait()
         assert pickle.loads(results["job-big"].data) == bytes(100_000)
@@ -169,14 +170,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
 
         # A failing job comes back typed, the worker lives on.
         done.clear()
-        dispatcher.dispatch(
-            "job-2",
-            "python",
-            python_payload(lambda: 1 / 0),
-            worker_name="w-good",
-            worker_address=worker_address,
-            limits=JobLimits(time_budget_s=60),
-        )
+        run("job-2", python_payload(lambda: 1 / 0))
         async with asyncio.timeout(60):
             await done.wait()
         assert "ZeroDivisionError" in failures["job-2"].details["traceback"]
@@ -193,14 +187,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
 
         # A consumer's cancel stops the job's child; the job ends as stopped.
         done.clear()
-        dispatcher.dispatch(
-            "job-3",
-            "python",
-            python_payload(forever),
-            worker_name="w-good",
-            worker_address=worker_address,
-            limits=JobLimits(time_budget_s=300),
-        )
+        run("job-3", python_payload(forever), budget_s=300)
         await heard.until(lambda: ("job-3", 0.1) in heard.progress)
         # A relayed result that is not of the job's task now (another key, another worker)
         # answers nothing.
@@ -219,19 +206,7 @@ async def test_worker_admission_guard_loss_and_a_job(tmp_path: Path) -> None:
         killed = start_worker(address, "w-kill", TOKENS["w-kill"], tmp_path)
         processes.append(killed)
         await heard.until(lambda: "w-kill" in heard.online)
-        kill_address = next(
-            a
-            for a, w in market.scheduler.workers.items()
-            if w.name == "w-kill"  # type: ignore[union-attr]
-        )
-        dispatcher.dispatch(
-            "job-4",
-            "python",
-            python_payload(forever),
-            worker_name="w-kill",
-            worker_address=kill_address,
-            limits=JobLimits(time_budget_s=300),
-        )
+        run("job-4", python_payload(forever), on="w-kill", budget_s=300)
         await heard.until(lambda: ("job-4", 0.1) in heard.progress)
         killed.send_signal(signal.SIGKILL)
         await heard.until(lambda: "w-kill" in heard.offline)
