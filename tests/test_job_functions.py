@@ -403,3 +403,37 @@ def test_end_job_refunds_and_refuses_what_the_ledger_refuses(
         assert statuses == [JobStatus.CANCELLED]
 
     runner.run(check())
+
+
+def test_pipelined_statements_commit_together_or_not_at_all(
+    sessions: Any, runner: asyncio.Runner
+) -> None:
+    """``db.engine.pipelined``: the statements go in one round trip and one transaction. The one
+    behind a write sees it; when one fails its error is raised and none of them commits; the
+    connection is fit for the next statement after either."""
+    import psycopg
+
+    from qubix_jupyter.db.engine import autocommit_engine, driver_connection, pipelined
+
+    engine = autocommit_engine(sessions.kw["bind"])
+    table = f"pipelined_{uuid.uuid4().hex[:8]}"
+
+    async def check() -> None:
+        async with driver_connection(engine) as driver:
+            await driver.execute(f"CREATE TABLE {table} (k text PRIMARY KEY)")
+            insert = f"INSERT INTO {table} VALUES (%s)"
+            count = (f"SELECT count(*) FROM {table}", ())
+            written, seen, nothing = await pipelined(
+                driver, (insert + " RETURNING k", ("a",)), count, (insert, ("b",))
+            )
+            assert written == ("a",)
+            assert seen == (1,)  # the read behind the write sees it
+            assert nothing is None  # a statement that returns no rows
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                await pipelined(driver, (insert, ("c",)), (insert, ("a",)), count)
+            # "c" went with the failed statement's transaction; the connection works on.
+            [only] = await pipelined(driver, (f"SELECT array_agg(k ORDER BY k) FROM {table}", ()))
+            assert only == (["a", "b"],)
+            await driver.execute(f"DROP TABLE {table}")
+
+    runner.run(check())
