@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -67,7 +67,10 @@ _BLOCKING_HTTP: contextvars.ContextVar[httpx.Client | None] = contextvars.Contex
 )
 
 
-def run_blocking(call: Coroutine[Any, Any, Any], http: httpx.Client) -> Any:
+_R = TypeVar("_R")
+
+
+def run_blocking(call: Coroutine[Any, Any, _R], http: httpx.Client) -> _R:
     """Run one call of :class:`AsyncMarketClient` to its end on this thread, no event loop:
     its requests go through ``http`` (blocking) and its waits sleep the thread.
 
@@ -77,7 +80,8 @@ def run_blocking(call: Coroutine[Any, Any, Any], http: httpx.Client) -> Any:
     try:
         call.send(None)
     except StopIteration as done:
-        return done.value
+        value: _R = done.value
+        return value
     finally:
         _BLOCKING_HTTP.reset(token)
     call.close()

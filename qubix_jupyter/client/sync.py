@@ -64,7 +64,7 @@ class _LoopThread:
 def _blocking(method: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., R]:
     @functools.wraps(method)
     def call(self: MarketClient, *args: Any, **kwargs: Any) -> R:
-        return run_blocking(method(self.aio, *args, **kwargs), self._http())  # type: ignore[no-any-return]
+        return run_blocking(method(self.aio, *args, **kwargs), self._http())
 
     return call
 
