@@ -104,10 +104,6 @@ def make_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_size", 20)
         kwargs.setdefault("max_overflow", 20)
         kwargs.setdefault("pool_pre_ping", True)
-        # The connection used last goes out first: its server process is awake and has the
-        # hot statements prepared (psycopg prepares one on its fifth run on a connection),
-        # where a queue would hand out the one idle longest, a parse and a wake-up each time.
-        kwargs.setdefault("pool_use_lifo", True)
     engine = create_async_engine(target, **kwargs)
     if kwargs.get("pool_pre_ping"):
         ping_when_idle(engine)
