@@ -20,6 +20,7 @@ import asyncio
 import builtins
 import pickle
 import threading
+import time
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
@@ -134,11 +135,22 @@ class Job:
         return self.info
 
     def result(self, timeout: float | None = None) -> Any:
-        """The job's result; JobFailed if it failed or was cancelled, ResultTimeout on timeout."""
-        try:
-            return self.client._run(wait_for_result(self.client.aio, self.id), timeout)
-        except TimeoutError:
-            raise ResultTimeout(f"job {self.id} did not finish in {timeout} s") from None
+        """The job's result; JobFailed if it failed or was cancelled, ResultTimeout on timeout.
+
+        Asked on this thread, each ask held at the market until the job ends (at most
+        ``RESULT_WAIT_SECONDS``, and never past ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = RESULT_WAIT_SECONDS
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.monotonic()))
+            try:
+                answer = self.client.job_result(self.id, wait=wait)
+            except Conflict:  # not finished within the wait
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ResultTimeout(f"job {self.id} did not finish in {timeout} s") from None
+                continue
+            return _outcome(answer.status, answer.result, answer.error, answer.raw)
 
     def __await__(self) -> Generator[Any, None, Any]:
         loop_future = asyncio.wrap_future(

@@ -18,6 +18,7 @@ from qubix_jupyter.client import (
     MarketClient,
     MarketUnreachable,
     NotFound,
+    ResultTimeout,
     Unauthorized,
     ValidationFailed,
 )
@@ -271,6 +272,9 @@ def test_a_submitted_function_runs_where_the_worker_reads_it_and_its_result_come
         assert run_python(payload) == 32  # the provider's python runner reads it as it is
         assert provider.report_progress(job.id, worker, 50) == 50
         assert job.progress == 50
+        for timeout in (0, 0.5):  # it runs on: the wait gives up at the timeout
+            with pytest.raises(ResultTimeout):
+                job.result(timeout=timeout)
         answer = payloads.pickled_result(pickle.dumps(32))
         payment = provider.complete_job(job.id, worker, result=answer)
         assert payment.cost + payment.refund == 10  # the budget at the provider's price
