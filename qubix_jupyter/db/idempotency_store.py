@@ -26,10 +26,12 @@ from .engine import autocommit_engine, autocommit_sessions, driver_connection
 #: How often a claim also deletes the answers older than the retention.
 SWEEP_EVERY = dt.timedelta(minutes=1)
 
-#: PostgreSQL's claim and answer, on the driver's connection (every money-moving request's way).
+#: PostgreSQL's claim (parameters: :meth:`Claim.params`) and answer, on the driver's connection
+#: (every money-moving request's way).
 _CLAIM = (
     "INSERT INTO idempotent_requests (scope, key, request_hash, created_at) "
-    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    "VALUES (%(claim_scope)s, %(claim_key)s, %(claim_hash)s, %(claim_at)s) "
+    "ON CONFLICT DO NOTHING"
 )
 _COMPLETE = (
     "UPDATE idempotent_requests SET status = %s, response = CAST(%s AS json), completed_at = %s "
@@ -70,11 +72,7 @@ class ClaimTaken(Exception):
 #: ``CLAIMING + "SELECT CASE WHEN EXISTS (SELECT FROM claim) THEN … END"``: the claim and the
 #: request's own work in one statement, one transaction, one round trip (the work's statement
 #: takes :meth:`Claim.params` beside its own, in the driver's ``%(name)s`` style).
-CLAIMING = (
-    "WITH claim AS (INSERT INTO idempotent_requests (scope, key, request_hash, created_at) "
-    "VALUES (%(claim_scope)s, %(claim_key)s, %(claim_hash)s, %(claim_at)s) "
-    "ON CONFLICT DO NOTHING RETURNING 1) "
-)
+CLAIMING = f"WITH claim AS ({_CLAIM} RETURNING 1) "
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,7 +112,8 @@ class IdempotencyStore:
         await self.sweep(now)
         if self._driver is not None:
             async with driver_connection(self._driver) as driver:
-                cursor = await driver.execute(_CLAIM, (scope, key, request_hash, now))
+                claim = Claim(scope, key, request_hash, now)
+                cursor = await driver.execute(_CLAIM, claim.params())
                 if cursor.rowcount == 1:
                     return None
         else:

@@ -269,7 +269,6 @@ class Ledger:
         native: tuple[str, dict[str, Any]],
         within: Within | None = None,
         session: AsyncSession | None = None,
-        driver: Any = None,
         only_if: Condition | None = None,
         then: Then | None = None,
     ) -> Receipt:
@@ -296,7 +295,7 @@ class Ledger:
                 if within is None and self._is_native():
                     # The hot path: one function call is one statement is one transaction,
                     # so it runs in autocommit: a single round trip, no BEGIN/COMMIT.
-                    return await self._call_raw(native, key, hashed, driver, only_if, then)
+                    return await self._call_raw(native, key, hashed, only_if, then)
                 async with self._sessionmaker() as own, own.begin():
                     receipt = await self._attempt(own, operation, key, hashed, work, native)
                     if within is not None and not receipt.replayed:
@@ -371,14 +370,13 @@ class Ledger:
         native: tuple[str, dict[str, Any]],
         key: str,
         request_hash: str,
-        driver: Any = None,
         only_if: Condition | None = None,
         then: Then | None = None,
     ) -> Receipt:
-        """Call a ledger function straight through psycopg on a pooled autocommit connection
-        (or on ``driver``, the caller's, from :func:`.engine.driver_connection`); with
-        ``only_if``, in the same statement only if that condition holds (else :class:`Skipped`);
-        with ``then``, that statement behind it in the same round trip (:func:`.pipelined`).
+        """Call a ledger function straight through psycopg on a pooled autocommit connection;
+        with ``only_if``, in the same statement only if that condition holds (else
+        :class:`Skipped`); with ``then``, that statement behind it in the same round trip
+        (:func:`.pipelined`).
 
         One statement is one transaction, so autocommit costs a single round trip; skipping the
         SQL layer here matters because this is every money-moving request's path.
@@ -394,11 +392,8 @@ class Ledger:
         statements: list[tuple[str, Any]] = [(statement, values)]
         if then is not None:
             statements.append((then.sql, then.params))
-        if driver is not None:
+        async with driver_connection(self._autocommit) as driver:
             row, *after = await pipelined(driver, *statements)
-        else:
-            async with driver_connection(self._autocommit) as own:
-                row, *after = await pipelined(own, *statements)
         if then is not None:
             then.row = after[0]
         assert row is not None
@@ -663,19 +658,17 @@ class Ledger:
         error: str | None = None,
         seconds: int = 0,
         result: Any = None,
-        driver: Any = None,
         only_if: Condition | None = None,
         then: Then | None = None,
     ) -> Receipt:
         """PostgreSQL only: :meth:`charge` (``operation="charge"``) or :meth:`refund` a job and,
         in the same single call (``qubix_end_job``), store its ``result`` (when not None) and
         free the provider that holds it. Same key, same receipt, as :meth:`charge` /
-        :meth:`refund`: a replay moves nothing and changes nothing. ``driver``: the caller's
-        autocommit psycopg connection to run it on (it reads the job on it after).
-        ``only_if``: a condition checked in the same statement first (it may lock the job's
-        row); when it does not hold nothing is done and :class:`Skipped` is raised. ``then``: a
-        statement (a read of the job) sent behind the call in the same round trip and
-        transaction, its row kept in ``then.row``."""
+        :meth:`refund`: a replay moves nothing and changes nothing. ``only_if``: a condition
+        checked in the same statement first (it may lock the job's row); when it does not hold
+        nothing is done and :class:`Skipped` is raised. ``then``: a statement (a read of the job)
+        sent behind the call in the same round trip and transaction, its row kept in
+        ``then.row``."""
         if not self._is_native():
             raise RuntimeError("end_job runs on PostgreSQL; elsewhere use charge/refund within")
         if operation not in ("charge", "refund"):
@@ -695,7 +688,6 @@ class Ledger:
             params,
             unused,
             ("qubix_end_job", args),
-            driver=driver,
             only_if=only_if,
             then=then,
         )

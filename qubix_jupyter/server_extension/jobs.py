@@ -805,19 +805,17 @@ class JobService:
         replayed). ``only_if`` (PostgreSQL): ended only if it holds, else :class:`Skipped`."""
         if self._driver is not None:  # the ledger's native path: one call, the read behind it
             read = db.read_job_with_provider(job_id)
-            async with driver_connection(self._driver) as driver:
-                receipt = await self._ledger.end_job(
-                    job_id,
-                    operation="refund" if seconds is None else "charge",
-                    idempotency_key=key,
-                    final_status=status,
-                    error=error,
-                    seconds=seconds or 0,
-                    result=result,
-                    driver=driver,
-                    only_if=only_if,
-                    then=read,
-                )
+            receipt = await self._ledger.end_job(
+                job_id,
+                operation="refund" if seconds is None else "charge",
+                idempotency_key=key,
+                final_status=status,
+                error=error,
+                seconds=seconds or 0,
+                result=result,
+                only_if=only_if,
+                then=read,
+            )
             job, provider = db.job_with_provider_of(read.row, job_id)
             if receipt.replayed:
                 return receipt, job
